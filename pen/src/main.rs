@@ -1,0 +1,6 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    eprintln!("pen: not implemented yet");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,6 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    eprintln!("penlogd: not implemented yet");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,361 @@
+//! Test harness: finds the binaries, starts them with a guard that kills and reaps them,
+//! gives each test its own directory, waits for ports by polling, and provides small
+//! backends that say who they are.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+/// Generous default deadline: the machine is shared and noisy.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Path of one of the suite's binaries (pen, penctl, penlog, penlogd).
+pub fn bin(name: &str) -> PathBuf {
+    // The e2e binary lives in target/<profile>/deps; the programs in target/<profile>.
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "binary {} not found; run `cargo test --workspace` so that it is built",
+        path.display()
+    );
+    path
+}
+
+/// A fresh directory for one test's sockets, pidfiles and logs.
+pub fn temp_dir(test: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("pen-e2e-{}-{n}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// A free TCP port on 127.0.0.1 (bind 0, read, drop). Callers retry on EADDRINUSE.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running program, killed and reaped on drop. Its stderr and stdout are collected by
+/// reader threads (and echoed with a prefix for failing-test diagnosis).
+pub struct Proc {
+    pub child: Child,
+    pub argv: Vec<String>,
+    pub output: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts `name` with `args`, stdin closed.
+    pub fn start(name: &str, args: &[&str]) -> Proc {
+        Proc::start_with(name, args, Stdio::null())
+    }
+
+    pub fn start_with(name: &str, args: &[&str], stdin: Stdio) -> Proc {
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name} {args:?}: {e}"));
+        let output = Arc::new(Mutex::new(String::new()));
+        let prefix = format!("[{name} {}]", child.id());
+        if let Some(out) = child.stdout.take() {
+            collect(out, prefix.clone(), output.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            collect(err, prefix, output.clone());
+        }
+        let mut argv = vec![name.to_string()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        Proc { child, argv, output }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Everything the program printed so far (stdout and stderr interleaved).
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the program to exit on its own, up to `limit`; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // Give the reader threads a moment to collect the last lines.
+                thread::sleep(Duration::from_millis(50));
+                return st.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{:?} did not exit within {limit:?}; output:\n{}", self.argv, self.output());
+    }
+
+    /// Waits until the output contains `needle`.
+    pub fn wait_output(&self, needle: &str, limit: Duration) {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if self.output().contains(needle) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{:?}: no '{needle}' within {limit:?}; output:\n{}", self.argv, self.output());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(mut r: impl Read + Send + 'static, prefix: String, sink: Arc<Mutex<String>>) {
+    thread::spawn(move || {
+        let mut buf = BufReader::new(&mut r);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match buf.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    eprint!("{prefix} {line}");
+                    sink.lock().unwrap().push_str(&line);
+                }
+            }
+        }
+    });
+}
+
+/// Runs a program to completion with a time limit; returns (exit code, stdout, stderr).
+pub fn run(name: &str, args: &[&str]) -> (i32, String, String) {
+    run_with_stdin(name, args, b"")
+}
+
+pub fn run_with_stdin(name: &str, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    let mut child = Command::new(bin(name))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let feeder = thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("{name} {args:?} did not finish within {DEADLINE:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = feeder.join();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls until a TCP connect to `addr` succeeds (miniserve's wait_for_port).
+pub fn wait_for_port(addr: SocketAddr) {
+    let end = Instant::now() + DEADLINE;
+    while Instant::now() < end {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listening on {addr} after {DEADLINE:?}");
+}
+
+/// Polls until `path` exists.
+pub fn wait_for_file(path: &Path) {
+    let end = Instant::now() + DEADLINE;
+    while Instant::now() < end {
+        if path.exists() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} did not appear within {DEADLINE:?}", path.display());
+}
+
+/// Polls `cond` until it holds or the deadline passes.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while Instant::now() < end {
+        if cond() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Starts pen with `args` on a free port `127.0.0.1:P`; `args` may use `{port}` for P.
+/// Retries with another port if the first one was taken meanwhile.
+pub fn start_pen(args: &[&str]) -> (Proc, SocketAddr) {
+    for _ in 0..5 {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.replace("{port}", &port.to_string())).collect();
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut pen = Proc::start("pen", &argv);
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return (pen, addr);
+            }
+            if let Some(st) = pen.child.try_wait().unwrap() {
+                let out = pen.output();
+                if out.contains("in use") {
+                    break; // port race: try another one
+                }
+                panic!("pen {args:?} exited with {st} before listening:\n{out}");
+            }
+            assert!(Instant::now() < end, "pen {args:?} not listening on {addr}:\n{}", pen.output());
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = pen.wait_exit(DEADLINE);
+    }
+    panic!("could not find a free port for pen");
+}
+
+/// Connects to `to` from the local address `from` (e.g. 127.0.0.2), port chosen by the OS.
+pub fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let domain = Domain::for_address(to);
+    let sock = Socket::new(domain, Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    sock.bind(&SockAddr::from(local)).unwrap();
+    sock.connect_timeout(&SockAddr::from(to), DEADLINE).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// A backend that answers every connection with its name and the client's first line,
+/// then keeps echoing; it counts connections.
+pub struct NameServer {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl NameServer {
+    /// Starts a backend on 127.0.0.1:0 that writes `name\n` to each new connection and then
+    /// echoes whatever it receives until the client closes.
+    pub fn start(name: &str) -> NameServer {
+        NameServer::start_on("127.0.0.1:0", name)
+    }
+
+    pub fn start_on(bind: &str, name: &str) -> NameServer {
+        let listener = TcpListener::bind(bind).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (acc, st, nm) = (accepted.clone(), stop.clone(), name.to_string());
+        thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        acc.fetch_add(1, Ordering::SeqCst);
+                        let nm = nm.clone();
+                        thread::spawn(move || {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.write_all(format!("{nm}\n").as_bytes());
+                            let mut buf = [0u8; 16384];
+                            loop {
+                                match s.read(&mut buf) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => {
+                                        if s.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        NameServer { addr, name: name.to_string(), accepted, stop }
+    }
+
+    /// The spec to give pen: `127.0.0.1:PORT`.
+    pub fn spec(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Connects to pen from `from` and returns the backend name that answered (the first line),
+/// keeping the connection open in the returned stream.
+pub fn hello_from(from: &str, pen: SocketAddr) -> (String, TcpStream) {
+    let s = connect_from(from, pen);
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap_or_else(|e| panic!("reading backend name via pen: {e}"));
+    (line.trim_end().to_string(), s)
+}
+
+/// Like [`hello_from`] but closes the connection and returns only the name ("" if pen
+/// closed the connection without an answer).
+pub fn which_from(from: &str, pen: SocketAddr) -> String {
+    let s = connect_from(from, pen);
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    let _ = r.read_line(&mut line);
+    let _ = s.shutdown(Shutdown::Both);
+    line.trim_end().to_string()
+}
+
+/// A loopback address that is certainly closed: a port we bound and released.
+pub fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// 127.0.0.N.
+pub fn lo(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, n)
+}
