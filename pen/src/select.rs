@@ -2,6 +2,7 @@
 //! checks for one candidate, and the failover order. Pure: no sockets, no clock reads
 //! (`now` is passed in), so every rule is unit-tested here.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use crate::acl::Acls;
@@ -153,6 +154,18 @@ pub enum Refusal {
     Full,
     /// The server's ACL denies the client.
     Acl,
+}
+
+/// Lower-case reasons for debug messages.
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::Empty => "no such server or no port",
+            Refusal::Blacklisted => "blacklisted",
+            Refusal::Full => "full",
+            Refusal::Acl => "denied by its acl",
+        })
+    }
 }
 
 /// pen.md §4.5 checks 1–5, in order, for connecting `client` at `peer` to `r`:
@@ -968,6 +981,14 @@ mod tests {
         assert_eq!(ok(&s, &acls, A), Err(Refusal::Empty));
         s.list[1].endpoint = Some(Endpoint::Inet("127.0.0.1:0".parse().unwrap()));
         assert_eq!(ok(&s, &acls, B), Err(Refusal::Empty), "no port for you");
+    }
+
+    #[test]
+    fn refusal_display() {
+        assert_eq!(Refusal::Empty.to_string(), "no such server or no port");
+        assert_eq!(Refusal::Blacklisted.to_string(), "blacklisted");
+        assert_eq!(Refusal::Full.to_string(), "full");
+        assert_eq!(Refusal::Acl.to_string(), "denied by its acl");
     }
 
     #[test]
