@@ -839,10 +839,13 @@ mod tests {
             ok("server 0 blacklist -3"),
             Command::Server(0, vec![ServerSet::Blacklist(-3)])
         );
-        assert_eq!(
-            ok("server 0 port http"),
-            Command::Server(0, vec![ServerSet::Port(80)])
-        );
+        // Service names come from /etc/services, which a minimal container may lack.
+        if parse_port("http", Proto::Tcp) == Ok(80) {
+            assert_eq!(
+                ok("server 0 port http"),
+                Command::Server(0, vec![ServerSet::Port(80)])
+            );
+        }
     }
 
     #[test]
