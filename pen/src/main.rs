@@ -1,6 +1,11 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    eprintln!("pen: not implemented yet");
-    ExitCode::FAILURE
+    match pen::run(std::env::args_os().skip(1)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pen: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,1 +1,473 @@
-//! (in progress)
+//! The executor: applies one [`Command`] to pen's [`State`] and returns the reply text,
+//! byte-compatible with the original where the command is valid (control.md §3), and one
+//! error line where it is not.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::{Command, Flag, IntSetting, ServerSet};
+use crate::listener::Listener;
+use crate::servers::{Server, ServerRef};
+use crate::state::State;
+use common::addr::{resolve, split_host_port, Target};
+use common::net::Endpoint;
+
+/// How deep `include` may nest (the original did not detect recursion).
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// A command that could not be applied; the text is the one-line reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecError(pub String);
+
+impl std::fmt::Display for ExecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+type Reply = Result<String, ExecError>;
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ExecError> {
+    Err(ExecError(msg.into()))
+}
+
+impl State {
+    /// Applies `cmd` and returns its reply (possibly empty).
+    pub fn apply(&mut self, cmd: Command) -> Reply {
+        self.apply_at(cmd, 0)
+    }
+
+    fn apply_at(&mut self, cmd: Command, depth: usize) -> Reply {
+        let s = &mut self.settings;
+        Ok(match cmd {
+            Command::Nothing | Command::IgnoredNo => String::new(),
+            Command::Int(which, v) => return self.int_setting(which, v),
+            Command::Flag(f, on) => return self.flag(f, on),
+            Command::TcpFastclose(fc) => {
+                s.fastclose = fc;
+                String::new()
+            }
+            Command::EventBackend(b) => {
+                if b == super::EventBackend::Kqueue {
+                    return err("You don't have kqueue");
+                }
+                String::new() // mio chooses epoll; the others are accepted for compatibility
+            }
+            Command::Listen(None) => line(s.listen.as_deref().unwrap_or("")),
+            Command::Listen(Some(spec)) => return self.listen(spec),
+            Command::Log(None) => self.log.name().map(line).unwrap_or_default(),
+            Command::Log(Some(target)) => {
+                if self.registry.is_some() {
+                    self.log.open(&target).map_err(|e| ExecError(e.0))?;
+                }
+                s.log_spec = Some(target.clone());
+                line(&target)
+            }
+            Command::NoLog => {
+                s.log_spec = None;
+                self.log.stop();
+                String::new()
+            }
+            Command::WebStats(None) => {
+                s.web_stats.as_ref().map(|p| line(&p.display().to_string())).unwrap_or_default()
+            }
+            Command::WebStats(Some(f)) => {
+                s.web_stats = Some(PathBuf::from(&f));
+                line(&f)
+            }
+            Command::NoWebStats => {
+                s.web_stats = None;
+                String::new()
+            }
+            Command::Source(addr) => match source_addr(&addr) {
+                Some(a) => {
+                    s.source = Some((addr, a));
+                    String::new()
+                }
+                None => {
+                    s.source = None;
+                    return err(format!("unable to set source address to '{addr}'"));
+                }
+            },
+            Command::NoSource => {
+                s.source = None;
+                String::new()
+            }
+            Command::Server(n, sets) => return self.server(n, sets),
+            Command::Acl(n, rule) => {
+                self.acls.add(n, rule).map_err(|e| ExecError(e.to_string()))?;
+                String::new()
+            }
+            Command::NoAcl(n) => {
+                self.acls.clear(n);
+                String::new()
+            }
+            Command::Servers => self.servers_reply(),
+            Command::Mode => self.mode_reply(),
+            Command::Recent(secs) => self.recent_reply(secs.unwrap_or(300)),
+            Command::Connection(n) => return self.connection_reply(n.unwrap_or(0)),
+            Command::Socket(fd) => self.socket_reply(fd.unwrap_or(0)),
+            Command::Close(n) => return self.close_cmd(n.unwrap_or(0)),
+            Command::Pid => line(&std::process::id().to_string()),
+            Command::Control => s.control.as_deref().map(line).unwrap_or_default(),
+            Command::Status => return err("Unable to create webstats"),
+            Command::Write(_) => return err("write: not implemented yet"),
+            Command::Include(file) => return self.include(&file, depth),
+            Command::Exit => {
+                if !s.exit_enabled {
+                    return Ok("Exit is not enabled; restart with -X flag\n".into());
+                }
+                self.exit = true;
+                String::new()
+            }
+            Command::Unsupported(name) => {
+                return err(format!("{name}: not supported by this pen"));
+            }
+        })
+    }
+
+    fn int_setting(&mut self, which: IntSetting, v: Option<i64>) -> Reply {
+        let s = &mut self.settings;
+        let reply = match which {
+            IntSetting::Blacklist => {
+                if let Some(v) = v {
+                    s.blacklist = v;
+                }
+                s.blacklist
+            }
+            IntSetting::Timeout => {
+                if let Some(v) = v {
+                    if v < 1 {
+                        return err(format!("timeout {v} out of range (at least 1)"));
+                    }
+                    s.timeout = v;
+                }
+                s.timeout
+            }
+            IntSetting::Tracking => {
+                if let Some(v) = v {
+                    if v < 0 {
+                        return err(format!("tracking {v} out of range (0 or more)"));
+                    }
+                    s.tracking = v;
+                }
+                s.tracking
+            }
+            IntSetting::Debug => {
+                if let Some(v) = v {
+                    common::diag::set_level(v.clamp(0, u32::MAX as i64) as u32);
+                }
+                common::diag::level() as i64
+            }
+            IntSetting::ClientsMax => {
+                if let Some(v) = v.and_then(|v| usize::try_from(v).ok()) {
+                    self.clients.grow(v); // grows only (control.md §3.1)
+                }
+                self.clients.capacity() as i64
+            }
+            IntSetting::ConnMax => {
+                if let Some(v) = v.and_then(|v| usize::try_from(v).ok()) {
+                    // Grow only, as the original; slots are allocated on demand, so this is
+                    // safe at run time (unlike the original: §13.2 #18).
+                    s.conn_max = s.conn_max.max(v);
+                }
+                s.conn_max as i64
+            }
+            IntSetting::ClientAcl => {
+                if let Some(v) = v {
+                    s.client_acl = acl_index(v)?;
+                }
+                s.client_acl as i64
+            }
+            IntSetting::ControlAcl => {
+                if let Some(v) = v {
+                    s.control_acl = acl_index(v)?;
+                }
+                s.control_acl as i64
+            }
+            IntSetting::TarpitAcl => {
+                if let Some(v) = v {
+                    s.tarpit_acl = v;
+                }
+                return Ok(format!("tarpit_acl = {}", s.tarpit_acl));
+            }
+            IntSetting::IdleTimeout => {
+                if let Some(v) = v {
+                    let was = s.idle_timeout;
+                    s.idle_timeout = v.max(0);
+                    if was == 0 && s.idle_timeout > 0 {
+                        self.arm_idle_timers();
+                    }
+                }
+                return Ok(format!("Idle timeout: {} seconds\n", self.settings.idle_timeout));
+            }
+            IntSetting::Idlers => {
+                if let Some(v) = v.filter(|&v| v != 0) {
+                    return err(format!("idlers {v}: idle backend connections are not supported"));
+                }
+                return Ok("Idlers: 0/0\n".into());
+            }
+            IntSetting::PendingMax => {
+                if let Some(v) = v {
+                    s.pending_max = v.max(1) as usize;
+                }
+                return Ok(String::new());
+            }
+            IntSetting::MultiAccept => {
+                if let Some(v) = v {
+                    s.multi_accept = v.max(1) as usize;
+                }
+                s.multi_accept as i64
+            }
+        };
+        Ok(format!("{reply}\n"))
+    }
+
+    fn flag(&mut self, f: Flag, on: bool) -> Reply {
+        let s = &mut self.settings;
+        match f {
+            Flag::Hash => s.policy.hash = on,
+            Flag::Roundrobin => s.policy.roundrobin = on,
+            Flag::Stubborn => s.policy.stubborn = on,
+            Flag::Weight => s.policy.weight = on,
+            Flag::Prio => s.policy.prio = on,
+            Flag::Http => s.http = on,
+            Flag::Ascii => s.ascii = on,
+            Flag::TcpNodelay => s.tcp_nodelay = on,
+            Flag::Keepalive => s.keepalive = on,
+            Flag::Transparent => s.transparent = on,
+            Flag::AbortOnError => s.abort_on_error = on,
+            Flag::Peek | Flag::Dummy => {
+                if on {
+                    let name = if f == Flag::Peek { "peek" } else { "dummy" };
+                    return err(format!("{name}: not supported by this pen"));
+                }
+            }
+        }
+        Ok(String::new())
+    }
+
+    /// `listen SPEC`: before the loop runs, remember it; afterwards bind the new listener
+    /// first and swap only on success, so a bad spec never leaves pen deaf (§13.2 #31).
+    fn listen(&mut self, spec: String) -> Reply {
+        if let Some(reg) = &self.registry {
+            let mut new = Listener::bind(&spec, self.settings.backlog, self.settings.tcp_nodelay)
+                .map_err(ExecError)?;
+            if let Some(mut old) = self.listener.take() {
+                let _ = reg.deregister(&mut old);
+            }
+            if !self.accept_paused {
+                reg.register(&mut new, crate::event_loop::LISTEN, mio::Interest::READABLE)
+                    .map_err(|e| ExecError(format!("can't watch listener: {e}")))?;
+            }
+            self.listener = Some(new);
+            self.accept_more = true;
+        }
+        self.settings.listen = Some(spec.clone());
+        Ok(line(&spec))
+    }
+
+    fn server(&mut self, n: usize, sets: Vec<ServerSet>) -> Reply {
+        let count = self.servers.list.len();
+        if n > count {
+            return err(format!(
+                "server {n} out of range: there are {count} servers; add them in order"
+            ));
+        }
+        if n == count {
+            self.servers.list.push(Server::new(None));
+        }
+        let now = self.clock.wall;
+        let blacklist = self.settings.blacklist;
+        for set in sets {
+            let srv = &mut self.servers.list[n];
+            match set {
+                ServerSet::Address(a) => {
+                    let port = srv.endpoint.as_ref().map_or(0, |e| match e {
+                        Endpoint::Inet(sa) => sa.port(),
+                        Endpoint::Unix(_) => 0,
+                    });
+                    srv.endpoint = Some(server_address(&a, port)?);
+                }
+                ServerSet::Port(p) => {
+                    if let Some(Endpoint::Inet(sa)) = srv.endpoint.as_mut() {
+                        sa.set_port(p);
+                    }
+                }
+                ServerSet::Max(m) => srv.max = m,
+                ServerSet::Hard(h) => srv.hard = h,
+                ServerSet::Weight(w) => srv.weight = w,
+                ServerSet::Prio(p) => srv.prio = p,
+                ServerSet::Acl(a) => srv.acl = a,
+                ServerSet::Blacklist(t) => {
+                    self.servers.set_blacklist(ServerRef::Index(n), t, now, blacklist);
+                }
+            }
+        }
+        Ok(String::new())
+    }
+
+    fn include(&mut self, file: &str, depth: usize) -> Reply {
+        if depth >= MAX_INCLUDE_DEPTH {
+            return err(format!("include {file}: nested too deeply"));
+        }
+        let cmds = super::file::read_file(std::path::Path::new(file))
+            .map_err(|e| ExecError(e.to_string()))?;
+        let mut out = String::new();
+        for (lineno, cmd) in cmds {
+            match self.apply_at(cmd, depth + 1) {
+                Ok(r) => out.push_str(&r),
+                Err(e) => return err(format!("{file}:{lineno}: {e}")),
+            }
+        }
+        // The original sent included commands' replies to stdout, not to the client.
+        print!("{out}");
+        Ok(String::new())
+    }
+
+    /// `servers` (control.md §3.3).
+    fn servers_reply(&self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.servers.list.iter().enumerate() {
+            let addr = match &s.endpoint {
+                Some(Endpoint::Inet(a)) => a.ip().to_string(),
+                Some(Endpoint::Unix(p)) => p.display().to_string(),
+                None => "(unknown address family 0".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{i} addr {addr} port {} conn {} max {} hard {} weight {} prio {} sx {} rx {}",
+                s.port(),
+                s.conns,
+                s.max,
+                s.hard,
+                s.weight,
+                s.prio,
+                s.sx,
+                s.rx
+            );
+        }
+        out
+    }
+
+    /// `mode` (control.md §3.2): five flags, always in this order.
+    fn mode_reply(&self) -> String {
+        let p = &self.settings.policy;
+        let word = |on: bool, name: &str| if on { name.to_string() } else { format!("no {name}") };
+        format!(
+            "{} {} {} {} {}\n",
+            word(p.hash, "hash"),
+            word(p.roundrobin, "roundrobin"),
+            word(p.stubborn, "stubborn"),
+            word(p.weight, "weight"),
+            word(p.prio, "prio")
+        )
+    }
+
+    /// `recent [S]` (control.md §3.4).
+    fn recent_reply(&self, secs: i64) -> String {
+        let since = self.clock.wall - secs;
+        let mut out = String::new();
+        for (_, c) in self.clients.used().filter(|(_, c)| c.last >= since) {
+            let addr = crate::state::PeerIp(&c.addr);
+            let _ = writeln!(out, "{addr} connects {} sx {} rx {}", c.connects, c.csx, c.crx);
+        }
+        out
+    }
+
+    /// `connection N` (control.md §3.4).
+    fn connection_reply(&self, n: i64) -> Reply {
+        let Some(k) = usize::try_from(n).ok().filter(|&k| k < self.settings.conn_max) else {
+            return Ok(format!("Connection {n} out of range\n"));
+        };
+        let (state, down, up, client, server, pend) = match self.conns.get(k) {
+            Some(c) => (
+                c.state_bits(),
+                c.client.stream.raw_fd(),
+                c.backend.as_ref().map_or(-1, |b| b.stream.raw_fd()),
+                c.client_slot as i64,
+                server_index(c.server),
+                (c.client.pending_len() + c.backend.as_ref().map_or(0, |b| b.pending_len())) as i64,
+            ),
+            None => (0, -1, -1, -1, -1, 0),
+        };
+        Ok(format!(
+            "Connection {n}:\nstate = {state}\ndownfd = {down}, upfd = {up}\n\
+             client = {client}, server = {server}\npend = {pend}\n"
+        ))
+    }
+
+    /// `socket FD` (control.md §3.4).
+    fn socket_reply(&self, fd: i64) -> String {
+        let owner = self
+            .conns
+            .iter()
+            .find(|(_, c)| {
+                i64::from(c.client.stream.raw_fd()) == fd
+                    || c.backend.as_ref().is_some_and(|b| i64::from(b.stream.raw_fd()) == fd)
+            })
+            .map_or(-1, |(k, _)| k as i64);
+        format!("Socket {fd} belongs to connection {owner}\n")
+    }
+
+    /// `close N`: only a live connection is closed (the original corrupted its counters
+    /// closing an unused slot).
+    fn close_cmd(&mut self, n: i64) -> Reply {
+        let Some(k) = usize::try_from(n).ok().filter(|&k| k < self.settings.conn_max) else {
+            return Ok(format!("Connection {n} out of range\n"));
+        };
+        if self.conns.contains(k) {
+            self.close(k);
+            Ok(format!("Forcibly closing connection {n}\n"))
+        } else {
+            err(format!("connection {n} is not in use"))
+        }
+    }
+
+    /// After `idle_timeout` is switched on at run time, give every connection a deadline.
+    fn arm_idle_timers(&mut self) {
+        let idle = std::time::Duration::from_secs(self.settings.idle_timeout as u64);
+        for (k, c) in self.conns.iter() {
+            self.timers.add(c.last_active + idle, k, c.id);
+        }
+    }
+}
+
+fn line(s: &str) -> String {
+    format!("{s}\n")
+}
+
+fn acl_index(v: i64) -> Result<u8, ExecError> {
+    u8::try_from(v).ok().filter(|&n| n <= 9).ok_or_else(|| ExecError(format!("acl {v} out of range (0..9)")))
+}
+
+fn server_index(s: Option<ServerRef>) -> i64 {
+    match s {
+        Some(ServerRef::Index(i)) => i as i64,
+        Some(ServerRef::Emergency) => -1,
+        Some(ServerRef::Abuse) => -2,
+        None => -3,
+    }
+}
+
+/// `server N address A`: a path, or a host resolved now, keeping the port.
+fn server_address(a: &str, port: u16) -> Result<Endpoint, ExecError> {
+    let target = if a.contains('/') {
+        Target::Unix(PathBuf::from(a))
+    } else {
+        let host = a.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(a);
+        Target::Inet { host: host.to_string(), port }
+    };
+    target.endpoint().map_err(|e| ExecError(format!("server address: {e}")))
+}
+
+/// `source ADDR`: a literal or a host name (port ignored).
+fn source_addr(a: &str) -> Option<SocketAddr> {
+    let host = match split_host_port(a) {
+        Ok((Some(h), _)) if a.starts_with('[') => h,
+        _ => a,
+    };
+    resolve(Some(host), 0).ok()
+}
+

@@ -1,0 +1,61 @@
+//! Buffers for bytes a peer could not take yet. The loop reads into one buffer it owns and
+//! writes straight through; only the unwritten rest of a read is kept, in a buffer taken
+//! from this pool and given back once it drains, so an idle connection holds no buffer.
+
+/// Size of the loop's read buffer and of each pending buffer (the original's chunk).
+pub const CHUNK: usize = 32 * 1024;
+
+/// Bytes waiting to be written to one side, with a read offset.
+#[derive(Debug)]
+pub struct Pending {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Pending {
+    /// The bytes still to write.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Marks `n` bytes as written.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+    }
+
+    /// True when everything was written.
+    pub fn is_empty(&self) -> bool {
+        self.start >= self.buf.len()
+    }
+
+    /// Number of bytes waiting.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+}
+
+/// A free list of buffers, bounded so that a burst does not pin memory for ever.
+#[derive(Debug, Default)]
+pub struct BufPool {
+    free: Vec<Vec<u8>>,
+}
+
+/// Buffers kept for reuse at most.
+const KEEP: usize = 256;
+
+impl BufPool {
+    /// A pending buffer holding a copy of `data`.
+    pub fn take(&mut self, data: &[u8]) -> Pending {
+        let mut buf = self.free.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK));
+        buf.clear();
+        buf.extend_from_slice(data);
+        Pending { buf, start: 0 }
+    }
+
+    /// Returns a drained (or abandoned) buffer to the pool.
+    pub fn give(&mut self, p: Pending) {
+        if self.free.len() < KEEP && p.buf.capacity() <= 4 * CHUNK {
+            self.free.push(p.buf);
+        }
+    }
+}

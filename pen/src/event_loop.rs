@@ -1,0 +1,303 @@
+//! The event loop: one mio `Poll`, dispatch of readiness events, deadlines, deferred
+//! accept and close. No protocol code lives here.
+
+use std::io::{self, ErrorKind};
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::conn::relay::{Outcome, Relay};
+use crate::conn::{untoken, Phase, Side};
+use crate::signals::Signals;
+use crate::state::{Clock, PeerIp, State};
+
+/// The listening socket.
+pub const LISTEN: Token = Token(0);
+/// The signal wake-up pipe.
+pub const SIGNAL: Token = Token(1);
+
+/// What the loop asks of its owner between passes (things that need process context).
+pub trait Host {
+    /// HUP: reopen the log, re-read the config file.
+    fn reload(&mut self, state: &mut State);
+    /// USR1: stats.
+    fn stats(&mut self, state: &mut State);
+}
+
+/// Runs until TERM/INT or `exit`.
+pub fn run(state: &mut State, poll: &mut Poll, signals: &mut Signals, host: &mut dyn Host) -> io::Result<()> {
+    poll.registry().register(&mut signals.wake, SIGNAL, Interest::READABLE)?;
+    if let Some(l) = state.listener.as_mut() {
+        poll.registry().register(l, LISTEN, Interest::READABLE)?;
+    }
+    state.registry = Some(poll.registry().try_clone()?);
+    state.accept_more = true;
+    let mut events = Events::with_capacity(1024);
+    while !state.exit {
+        let timeout = state.poll_timeout();
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        state.clock = Clock::read();
+        for ev in events.iter() {
+            match ev.token() {
+                LISTEN => state.accept_more = true,
+                SIGNAL => {}
+                t => state.conn_event(t, ev),
+            }
+        }
+        let sig = signals.take();
+        if sig.exit {
+            state.exit = true;
+        }
+        if sig.reload {
+            host.reload(state);
+        }
+        if sig.stats {
+            host.stats(state);
+        }
+        state.pass_end();
+    }
+    state.shutdown();
+    Ok(())
+}
+
+impl State {
+    /// How long `poll` may wait: until the next deadline, or not at all when work is queued.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() || (self.accept_more && self.can_accept()) {
+            return Some(Duration::ZERO);
+        }
+        let next = [self.timers.next(), self.accept_retry].into_iter().flatten().min();
+        // Housekeeping tick as the original (`timeout` seconds) at most.
+        let tick = self.connect_timeout();
+        Some(next.map_or(tick, |t| t.saturating_duration_since(Instant::now()).min(tick)))
+    }
+
+    fn can_accept(&self) -> bool {
+        self.listener.is_some()
+            && !self.accept_paused
+            && self.accept_retry.is_none()
+            && self.live_conns() < self.settings.conn_max
+            && self.pending_connects < self.settings.pending_max.max(1)
+    }
+
+    /// One readiness event on a connection socket.
+    fn conn_event(&mut self, t: Token, ev: &Event) {
+        let Some((key, side)) = untoken(t) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if matches!(conn.phase, Phase::Closed) {
+            return;
+        }
+        let connecting = conn.connecting();
+        let Some(half) = conn.half(side) else {
+            return;
+        };
+        // A hang-up or error is treated as readiness: the read or write that follows
+        // returns the data still queued, then EOF or the error (pen.md §13.2 #1).
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            half.readable = true;
+        }
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            half.writable = true;
+        }
+        match (connecting, side) {
+            (true, Side::Backend) => self.connect_event(key),
+            (true, Side::Client) => {
+                // The client is watched during the connect (§13.2 #33): a reset or full
+                // hang-up ends the attempt; data and a half-close just wait.
+                if ev.is_error() || (ev.is_read_closed() && ev.is_write_closed()) {
+                    self.close(key);
+                }
+            }
+            (false, _) => self.pump(key),
+        }
+    }
+
+    /// Relays what is ready on connection `key` and books the bytes.
+    pub fn pump(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !matches!(conn.phase, Phase::Relaying) {
+            return;
+        }
+        let server = conn.server.and_then(|s| self.servers.get(s)).and_then(|s| s.endpoint.clone());
+        let server_ip = server.as_ref().map(ServerAddr);
+        let peer = conn.peer;
+        let client = PeerIp(&peer);
+        let log_on = self.log.active();
+        let mut relay = Relay {
+            buf: &mut self.buf,
+            scratch: &mut self.scratch,
+            pool: &mut self.pool,
+            fastclose: self.settings.fastclose,
+            log: match (&server_ip, log_on) {
+                (Some(s), true) => Some((&mut self.log, s as &dyn std::fmt::Display)),
+                _ => None,
+            },
+            client: &client,
+            now: self.clock.wall,
+            up: 0,
+            down: 0,
+        };
+        let outcome = relay.pump(conn);
+        let (up, down) = (relay.up, relay.down);
+        if up + down > 0 {
+            conn.last_active = self.clock.now;
+            conn.up_bytes += up;
+            conn.down_bytes += down;
+            let c = self.clients.get_mut(conn.client_slot);
+            c.crx += up;
+            c.csx += down;
+            if let Some(srv) = conn.server.and_then(|s| self.servers.get_mut(s)) {
+                srv.sx += up;
+                srv.rx += down;
+            }
+        }
+        match outcome {
+            Outcome::Wait => {}
+            Outcome::Again => self.again.push(key),
+            Outcome::Close => self.close(key),
+        }
+    }
+
+    /// Work done once per pass: queued pumps, accepts, deadlines, freeing closed slots.
+    fn pass_end(&mut self) {
+        for key in std::mem::take(&mut self.again) {
+            self.pump(key);
+        }
+        let now = self.clock.now;
+        while let Some((key, id)) = self.timers.pop_due(now) {
+            self.deadline(key, id, now);
+        }
+        if self.accept_retry.is_some_and(|t| t <= now) {
+            self.accept_retry = None;
+            self.accept_more = true;
+        }
+        self.resume_listener();
+        if self.accept_more && self.can_accept() {
+            self.accept();
+        }
+        for key in self.closed.drain(..) {
+            self.conns.try_remove(key);
+        }
+        self.resume_listener();
+        self.log.flush();
+    }
+
+    /// Accepts up to `multi_accept` connections (pen.md §5.1). When the table is full the
+    /// listener is taken out of the poll so clients wait in the kernel backlog.
+    fn accept(&mut self) {
+        for _ in 0..self.settings.multi_accept.max(1) {
+            if self.live_conns() >= self.settings.conn_max {
+                self.pause_listener();
+                return;
+            }
+            if self.pending_connects >= self.settings.pending_max.max(1) {
+                return; // resumed when a connect completes (accept_more stays set)
+            }
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if self.accept_retry_logged() {
+                        common::diag!("accepting connections again");
+                    }
+                    self.new_conn(stream, peer);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.accept_more = false;
+                    return;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if out_of_resources(&e) => {
+                    // Out of descriptors or memory: leave the client in the backlog, keep
+                    // serving the others, retry shortly. Logged once per episode.
+                    if !self.emfile {
+                        common::diag!(
+                            "can't accept: {e}; {} connections open, retrying",
+                            self.live_conns()
+                        );
+                        self.emfile = true;
+                    }
+                    self.accept_retry = Some(self.clock.now + Duration::from_millis(100));
+                    return;
+                }
+                Err(e) => common::debug!(1, "accept: {e}"),
+            }
+        }
+    }
+
+    fn accept_retry_logged(&mut self) -> bool {
+        std::mem::take(&mut self.emfile)
+    }
+
+    fn pause_listener(&mut self) {
+        if self.accept_paused {
+            return;
+        }
+        if let (Some(reg), Some(l)) = (&self.registry, self.listener.as_mut()) {
+            let _ = reg.deregister(l);
+            self.accept_paused = true;
+        }
+    }
+
+    /// Watches the listener again once the table has room (with a little hysteresis so a
+    /// full table does not flap), and accepts what waited.
+    fn resume_listener(&mut self) {
+        if !self.accept_paused {
+            return;
+        }
+        let max = self.settings.conn_max;
+        let slack = (max / 64).max(1);
+        if self.live_conns() + slack > max {
+            return;
+        }
+        if let (Some(reg), Some(l)) = (&self.registry, self.listener.as_mut()) {
+            if reg.register(l, LISTEN, Interest::READABLE).is_ok() {
+                self.accept_paused = false;
+                self.accept_more = true;
+            }
+        }
+    }
+
+    /// TERM or `exit`: close every connection and flush the log.
+    fn shutdown(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key);
+        }
+        for key in self.closed.drain(..) {
+            self.conns.try_remove(key);
+        }
+        self.log.flush();
+    }
+}
+
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// A server address as it appears in log records: the IP with no port, or the path.
+struct ServerAddr<'a>(&'a common::net::Endpoint);
+
+impl std::fmt::Display for ServerAddr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            common::net::Endpoint::Inet(a) => write!(f, "{}", a.ip()),
+            common::net::Endpoint::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The request log (pen.md §8.1, logging.md §1): a local file in the original's line
+//! format, or UDP records to penlogd.
+//!
+//! Fixes over the original: records are flushed at the end of every loop pass instead of
+//! sitting in a stdio buffer until HUP (§13.2 #25); `no log` stops UDP records too and
+//! `log` reports the whole `host:port` (#26); the network target may be IPv6; a send that
+//! would block drops the record and counts it instead of stalling the loop; a target that
+//! cannot be opened at run time is an error reply, not a fatal exit.
+
+use std::fmt::{self, Display};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::{SocketAddr, UdpSocket};
+
+use common::addr::{parse_port, resolve, split_host_port, Proto};
+use common::logrec;
+
+/// A log target that could not be opened, with the reason.
+#[derive(Debug)]
+pub struct LogError(pub String);
+
+impl Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+enum Target {
+    File { file: File },
+    Net { sock: UdpSocket },
+}
+
+/// The request log sink. Off until [`LogSink::open`] succeeds.
+#[derive(Default)]
+pub struct LogSink {
+    /// The target as the user wrote it (`log` replies with it).
+    name: Option<String>,
+    target: Option<Target>,
+    /// Records waiting to be written to the file target.
+    buf: Vec<u8>,
+    /// Scratch for one UDP record.
+    dgram: Vec<u8>,
+    /// Records written or sent, and records dropped (full socket buffer, send error).
+    pub records: u64,
+    pub dropped: u64,
+}
+
+/// Whether `spec` names a network target: `host:port` or `[v6]:port` with a numeric
+/// port, not a path. The original took any name with a colon (so `logs:today` became a
+/// host); a file name with a colon can still be written `./logs:514`.
+fn network_spec(spec: &str) -> Option<(Option<&str>, &str)> {
+    if spec.starts_with('/') || spec.starts_with('.') {
+        return None;
+    }
+    let (host, port) = split_host_port(spec).ok()?;
+    if host.is_none() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((host, port))
+}
+
+impl LogSink {
+    /// Opens `spec` as the new target, replacing the current one. On error the current
+    /// target stays.
+    pub fn open(&mut self, spec: &str) -> Result<(), LogError> {
+        let target = match network_spec(spec) {
+            Some((host, port)) => {
+                let err = |e: String| LogError(format!("can't log to '{spec}': {e}"));
+                let port = parse_port(port, Proto::Udp).map_err(err)?;
+                let addr = resolve(host, port).map_err(|e| err(e.problem))?;
+                Target::Net { sock: udp_to(addr).map_err(|e| err(e.to_string()))? }
+            }
+            None => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(spec)
+                    .map_err(|e| LogError(format!("can't open logfile '{spec}': {e}")))?;
+                Target::File { file }
+            }
+        };
+        self.flush();
+        self.target = Some(target);
+        self.name = Some(spec.to_string());
+        Ok(())
+    }
+
+    /// Stops logging to any target (`no log`).
+    pub fn stop(&mut self) {
+        self.flush();
+        self.target = None;
+        self.name = None;
+    }
+
+    /// The target as given, if logging is on.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// True when records are wanted (saves formatting work otherwise).
+    pub fn active(&self) -> bool {
+        self.target.is_some()
+    }
+
+    /// Reopens a file target (HUP, for rotation with `mv`). A network target is left alone.
+    pub fn reopen(&mut self) -> Result<(), LogError> {
+        if let (Some(Target::File { .. }), Some(name)) = (&self.target, self.name.clone()) {
+            self.flush();
+            return self.open(&name);
+        }
+        Ok(())
+    }
+
+    /// Logs one request: `request` is the chunk starting at the request (cut at CR/LF by
+    /// the record format).
+    pub fn record(&mut self, client: &dyn Display, server: &dyn Display, request: &[u8], now: i64) {
+        match &self.target {
+            None => {}
+            Some(Target::File { .. }) => {
+                logrec::file_line(&mut self.buf, client, now, server, request);
+                self.records += 1;
+                if common::diag::enabled(3) {
+                    common::debug!(3, "{}", String::from_utf8_lossy(&self.buf).trim_end());
+                }
+            }
+            Some(Target::Net { sock }) => {
+                self.dgram.clear();
+                logrec::udp_record(&mut self.dgram, client, server, request);
+                match sock.send(&self.dgram) {
+                    Ok(_) => self.records += 1,
+                    // A full buffer or an ICMP error from an absent penlogd: never block
+                    // the loop for a log record; count it.
+                    Err(_) => self.dropped += 1,
+                }
+            }
+        }
+    }
+
+    /// Writes buffered file records (called once per loop pass and before exit).
+    pub fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        if let Some(Target::File { file }) = &mut self.target {
+            if let Err(e) = file.write_all(&self.buf) {
+                self.dropped += 1;
+                common::diag!("can't write log file: {e}");
+            }
+        }
+        self.buf.clear();
+    }
+}
+
+/// A non-blocking UDP socket connected to `addr`, from an unspecified local address of
+/// the same family.
+fn udp_to(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let sock = UdpSocket::bind(local)?;
+    sock.connect(addr)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_targets_need_a_numeric_port() {
+        assert_eq!(network_spec("127.0.0.1:514"), Some((Some("127.0.0.1"), "514")));
+        assert_eq!(network_spec("[::1]:514"), Some((Some("::1"), "514")));
+        assert_eq!(network_spec("loghost:10000"), Some((Some("loghost"), "10000")));
+        assert_eq!(network_spec("logs:today"), None);
+        assert_eq!(network_spec("/var/log/pen.log"), None);
+        assert_eq!(network_spec("./x:514"), None);
+        assert_eq!(network_spec("pen.log"), None);
+    }
+}

@@ -1,0 +1,247 @@
+//! Pen's state: the settings the command language changes, and the tables the event loop
+//! works on. Built from parts that own their methods (servers, clients, ACLs, log,
+//! connections); no globals.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::Registry;
+use slab::Slab;
+
+use crate::acl::Acls;
+use crate::bufpool::{BufPool, CHUNK};
+use crate::clients::{Clients, Peer};
+use crate::command::Fastclose;
+use crate::conn::Conn;
+use crate::listener::Listener;
+use crate::logsink::LogSink;
+use crate::select::Policy;
+use crate::servers::Servers;
+
+/// Everything the command language can set (control.md §3), with the original's defaults.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub policy: Policy,
+    /// Seconds a failed server is avoided (`-b`, default 30).
+    pub blacklist: i64,
+    /// Connect timeout in seconds (`-t`, default 3).
+    pub timeout: i64,
+    /// Client tracking time in seconds, 0 = never expire (`-T`).
+    pub tracking: i64,
+    /// Close connections idle this many seconds, 0 = never.
+    pub idle_timeout: i64,
+    pub pending_max: usize,
+    pub multi_accept: usize,
+    pub conn_max: usize,
+    pub http: bool,
+    pub ascii: bool,
+    pub tcp_nodelay: bool,
+    pub keepalive: bool,
+    pub transparent: bool,
+    pub abort_on_error: bool,
+    pub fastclose: Fastclose,
+    pub client_acl: u8,
+    pub control_acl: u8,
+    pub tarpit_acl: i64,
+    /// Local address for backend connects (`source`), as given and resolved.
+    pub source: Option<(String, SocketAddr)>,
+    /// The listen spec (`listen`, or positional 0).
+    pub listen: Option<String>,
+    /// The log target to open at startup (opened after chroot/setuid).
+    pub log_spec: Option<String>,
+    pub web_stats: Option<PathBuf>,
+    /// The control spec (`-C`) as given.
+    pub control: Option<String>,
+    /// `-X`: the `exit` command is allowed.
+    pub exit_enabled: bool,
+    /// Listen backlog (`-q`).
+    pub backlog: i32,
+    /// The `-F` file, re-read on HUP.
+    pub config: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            policy: Policy::default(),
+            blacklist: 30,
+            timeout: 3,
+            tracking: 0,
+            idle_timeout: 0,
+            pending_max: 100,
+            multi_accept: 100,
+            conn_max: 500,
+            http: false,
+            ascii: false,
+            tcp_nodelay: false,
+            keepalive: false,
+            transparent: false,
+            abort_on_error: false,
+            fastclose: Fastclose::Off,
+            client_acl: 0,
+            control_acl: 0,
+            tarpit_acl: -1,
+            source: None,
+            listen: None,
+            log_spec: None,
+            web_stats: None,
+            control: None,
+            exit_enabled: false,
+            backlog: 500,
+            config: None,
+        }
+    }
+}
+
+/// The loop's notion of time, read once per pass.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub now: Instant,
+    /// Wall-clock seconds since the epoch (blacklist, tracking, stats, log lines).
+    pub wall: i64,
+}
+
+impl Clock {
+    pub fn read() -> Clock {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        Clock { now: Instant::now(), wall }
+    }
+}
+
+/// Connection deadlines (connect timeout, idle timeout) in one heap. Entries are checked
+/// against the connection when they fire, so stale ones cost nothing but a pop.
+#[derive(Debug, Default)]
+pub struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+}
+
+impl Timers {
+    /// Wakes connection `key` (with id `id`) at `when`.
+    pub fn add(&mut self, when: Instant, key: usize, id: u64) {
+        self.heap.push(Reverse((when, key, id)));
+    }
+
+    /// The earliest deadline.
+    pub fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    /// Pops one entry that is due at `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(usize, u64)> {
+        match self.heap.peek() {
+            Some(Reverse((t, _, _))) if *t <= now => {
+                self.heap.pop().map(|Reverse((_, key, id))| (key, id))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Counters for the stats views.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    pub accepted: u64,
+    pub denied: u64,
+    pub refused: u64,
+    pub closed: u64,
+}
+
+/// Pen: settings, tables and the sockets the loop owns.
+pub struct State {
+    pub settings: Settings,
+    pub servers: Servers,
+    pub clients: Clients,
+    pub acls: Acls,
+    pub log: LogSink,
+    pub conns: Slab<Conn>,
+    pub pool: BufPool,
+    pub timers: Timers,
+    pub clock: Clock,
+    pub totals: Totals,
+    pub listener: Option<Listener>,
+    /// Set once the loop runs: from then on `listen` rebinds at once.
+    pub registry: Option<Registry>,
+    /// Connects in flight (`pending_max`).
+    pub pending_connects: usize,
+    /// The listener was deregistered because the connection table is full.
+    pub accept_paused: bool,
+    /// More connections may be waiting in the backlog (edge-triggered: we must come back).
+    pub accept_more: bool,
+    /// Accepting failed for lack of descriptors; retry at this time.
+    pub accept_retry: Option<Instant>,
+    /// Accepting failed for lack of resources and that was logged.
+    pub emfile: bool,
+    /// Connections to pump again without waiting for an event.
+    pub again: Vec<usize>,
+    /// Connections closed in this pass, freed after it.
+    pub closed: Vec<usize>,
+    /// `exit` or TERM: leave the loop.
+    pub exit: bool,
+    pub next_id: u64,
+    /// The loop's read buffer and the HTTP rewrite scratch buffer.
+    pub buf: Box<[u8]>,
+    pub scratch: Vec<u8>,
+}
+
+impl State {
+    pub fn new() -> State {
+        State {
+            settings: Settings::default(),
+            servers: Servers::new(),
+            clients: Clients::new(2048),
+            acls: Acls::new(),
+            log: LogSink::default(),
+            conns: Slab::new(),
+            pool: BufPool::default(),
+            timers: Timers::default(),
+            clock: Clock::read(),
+            totals: Totals::default(),
+            listener: None,
+            registry: None,
+            pending_connects: 0,
+            accept_paused: false,
+            accept_more: false,
+            accept_retry: None,
+            emfile: false,
+            again: Vec::new(),
+            closed: Vec::new(),
+            exit: false,
+            next_id: 0,
+            buf: vec![0; CHUNK].into_boxed_slice(),
+            scratch: Vec::with_capacity(CHUNK + 256),
+        }
+    }
+
+    /// Live connections (closed ones wait for the end of the pass to leave the slab).
+    pub fn live_conns(&self) -> usize {
+        self.conns.len() - self.closed.len()
+    }
+
+    /// The connect timeout as a Duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.timeout.max(1) as u64)
+    }
+}
+
+impl Default for State {
+    fn default() -> State {
+        State::new()
+    }
+}
+
+/// A client's address as it appears in headers and log records: the IP with no port, or
+/// `unix` for a Unix-socket client.
+pub struct PeerIp<'a>(pub &'a Peer);
+
+impl fmt::Display for PeerIp<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Peer::Ip(a) => write!(f, "{}", a.ip()),
+            Peer::Unix => f.write_str("unix"),
+        }
+    }
+}
