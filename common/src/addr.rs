@@ -20,7 +20,10 @@ pub struct AddrError {
 
 impl AddrError {
     fn new(input: &str, problem: impl Into<String>) -> AddrError {
-        AddrError { input: input.to_string(), problem: problem.into() }
+        AddrError {
+            input: input.to_string(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -43,9 +46,12 @@ pub enum Proto {
 /// colon the whole text is the port and the host is `None`.
 pub fn split_host_port(s: &str) -> Result<(Option<&str>, &str), AddrError> {
     if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) =
-            rest.split_once(']').ok_or_else(|| AddrError::new(s, "missing ']'"))?;
-        let port = after.strip_prefix(':').ok_or_else(|| AddrError::new(s, "no port given"))?;
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| AddrError::new(s, "missing ']'"))?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| AddrError::new(s, "no port given"))?;
         return Ok((Some(host), port));
     }
     match s.rsplit_once(':') {
@@ -101,7 +107,9 @@ pub fn resolve(host: Option<&str>, port: u16) -> Result<SocketAddr, AddrError> {
     let mut addrs = (host, port)
         .to_socket_addrs()
         .map_err(|e| AddrError::new(host, format!("can't resolve: {e}")))?;
-    addrs.next().ok_or_else(|| AddrError::new(host, "no address found"))
+    addrs
+        .next()
+        .ok_or_else(|| AddrError::new(host, "no address found"))
 }
 
 /// A listen (or control) address as written: a Unix path, or host and port.
@@ -119,7 +127,10 @@ impl ListenSpec {
         }
         let (host, port) = split_host_port(s)?;
         let port = parse_port(port, proto).map_err(|p| AddrError::new(s, p))?;
-        Ok(ListenSpec::Inet { host: host.map(str::to_string), port })
+        Ok(ListenSpec::Inet {
+            host: host.map(str::to_string),
+            port,
+        })
     }
 
     /// The port backends default to: the listen port, or none for a Unix listener.
@@ -169,13 +180,19 @@ pub struct ServerSpec {
 impl ServerSpec {
     /// Parses a backend spec; a missing port is `default_port` (the listen port), and an
     /// error when that is `None` (a Unix listener has no port to default to).
-    pub fn parse(s: &str, default_port: Option<u16>, proto: Proto) -> Result<ServerSpec, AddrError> {
+    pub fn parse(
+        s: &str,
+        default_port: Option<u16>,
+        proto: Proto,
+    ) -> Result<ServerSpec, AddrError> {
         let err = |p: String| AddrError::new(s, p);
         if s.is_empty() {
             return Err(err("empty server spec".into()));
         }
         let (host, fields): (&str, Vec<&str>) = if let Some(rest) = s.strip_prefix('[') {
-            let (host, after) = rest.split_once(']').ok_or_else(|| err("missing ']'".into()))?;
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| err("missing ']'".into()))?;
             let fields = match after {
                 "" => Vec::new(),
                 _ => after
@@ -191,11 +208,17 @@ impl ServerSpec {
             (host, it.collect())
         };
         if host.is_empty() {
-            let hint = if s.starts_with(':') { " (write IPv6 addresses as [addr]:port)" } else { "" };
+            let hint = if s.starts_with(':') {
+                " (write IPv6 addresses as [addr]:port)"
+            } else {
+                ""
+            };
             return Err(err(format!("no host{hint}")));
         }
         if fields.len() > 5 {
-            return Err(err("too many fields (host:port:max:hard:weight:prio)".into()));
+            return Err(err(
+                "too many fields (host:port:max:hard:weight:prio)".into()
+            ));
         }
         let num = |i: usize, name: &str| -> Result<Option<i64>, AddrError> {
             match fields.get(i) {
@@ -225,13 +248,24 @@ impl ServerSpec {
             let port = match fields.first() {
                 Some(p) => parse_port(p, proto).map_err(err)?,
                 None => default_port.ok_or_else(|| {
-                    err("no port given (the listener is a Unix socket, so there is no default)"
-                        .into())
+                    err(
+                        "no port given (the listener is a Unix socket, so there is no default)"
+                            .into(),
+                    )
                 })?,
             };
-            Target::Inet { host: host.to_string(), port }
+            Target::Inet {
+                host: host.to_string(),
+                port,
+            }
         };
-        Ok(ServerSpec { target, max, hard, weight, prio })
+        Ok(ServerSpec {
+            target,
+            max,
+            hard,
+            weight,
+            prio,
+        })
     }
 }
 
@@ -240,13 +274,19 @@ mod tests {
     use super::*;
 
     fn inet(host: &str, port: u16) -> Target {
-        Target::Inet { host: host.into(), port }
+        Target::Inet {
+            host: host.into(),
+            port,
+        }
     }
 
     #[test]
     fn split_forms() {
         assert_eq!(split_host_port("80").unwrap(), (None, "80"));
-        assert_eq!(split_host_port("127.0.0.1:80").unwrap(), (Some("127.0.0.1"), "80"));
+        assert_eq!(
+            split_host_port("127.0.0.1:80").unwrap(),
+            (Some("127.0.0.1"), "80")
+        );
         assert_eq!(split_host_port(":::80").unwrap(), (Some("::"), "80"));
         assert_eq!(split_host_port("::1:80").unwrap(), (Some("::1"), "80"));
         assert_eq!(split_host_port("[::1]:80").unwrap(), (Some("::1"), "80"));
@@ -258,16 +298,28 @@ mod tests {
     #[test]
     fn ports() {
         assert_eq!(parse_port("8080", Proto::Tcp), Ok(8080));
-        assert!(parse_port("0", Proto::Tcp).unwrap_err().contains("out of range"));
-        assert!(parse_port("70000", Proto::Tcp).unwrap_err().contains("out of range"));
+        assert!(parse_port("0", Proto::Tcp)
+            .unwrap_err()
+            .contains("out of range"));
+        assert!(parse_port("70000", Proto::Tcp)
+            .unwrap_err()
+            .contains("out of range"));
         assert!(parse_port("", Proto::Tcp).is_err());
-        assert!(parse_port("no-such-service-x", Proto::Tcp).unwrap_err().contains("unknown"));
+        assert!(parse_port("no-such-service-x", Proto::Tcp)
+            .unwrap_err()
+            .contains("unknown"));
     }
 
     #[test]
     fn listen_specs() {
         let p = |s| ListenSpec::parse(s, Proto::Tcp);
-        assert_eq!(p("8080").unwrap(), ListenSpec::Inet { host: None, port: 8080 });
+        assert_eq!(
+            p("8080").unwrap(),
+            ListenSpec::Inet {
+                host: None,
+                port: 8080
+            }
+        );
         assert_eq!(
             p("[::1]:8080").unwrap().endpoint().unwrap(),
             Endpoint::Inet("[::1]:8080".parse().unwrap())
@@ -280,7 +332,10 @@ mod tests {
             p("0:8080").unwrap().endpoint().unwrap(),
             Endpoint::Inet("0.0.0.0:8080".parse().unwrap())
         );
-        assert_eq!(p("/tmp/x.sock").unwrap(), ListenSpec::Unix("/tmp/x.sock".into()));
+        assert_eq!(
+            p("/tmp/x.sock").unwrap(),
+            ListenSpec::Unix("/tmp/x.sock".into())
+        );
         assert_eq!(p("/tmp/x.sock").unwrap().default_backend_port(), None);
         assert!(p("127.0.0.1:70000").is_err());
         assert!(p("[::1]").is_err());
@@ -290,16 +345,31 @@ mod tests {
     fn server_specs() {
         let p = |s| ServerSpec::parse(s, Some(80), Proto::Tcp);
         let s = p("10.0.0.1").unwrap();
-        assert_eq!((s.target, s.max, s.hard, s.weight, s.prio), (inet("10.0.0.1", 80), 0, 0, 0, 0));
+        assert_eq!(
+            (s.target, s.max, s.hard, s.weight, s.prio),
+            (inet("10.0.0.1", 80), 0, 0, 0, 0)
+        );
         let s = p("10.0.0.1:81:10:20:3:-4").unwrap();
-        assert_eq!((s.target, s.max, s.hard, s.weight, s.prio), (inet("10.0.0.1", 81), 10, 20, 3, -4));
+        assert_eq!(
+            (s.target, s.max, s.hard, s.weight, s.prio),
+            (inet("10.0.0.1", 81), 10, 20, 3, -4)
+        );
         let s = p("[::1]:8080:5").unwrap();
         assert_eq!((s.target, s.max), (inet("::1", 8080), 5));
         assert_eq!(p("[::1]").unwrap().target, inet("::1", 80));
         assert_eq!(p("[127.0.0.1]:9").unwrap().target, inet("127.0.0.1", 9));
-        assert_eq!(p("/run/b.sock").unwrap().target, Target::Unix("/run/b.sock".into()));
-        assert!(p("10.0.0.1:81:x:5").unwrap_err().problem.contains("max 'x'"));
-        assert!(p("10.0.0.1:81:-1").unwrap_err().problem.contains("out of range"));
+        assert_eq!(
+            p("/run/b.sock").unwrap().target,
+            Target::Unix("/run/b.sock".into())
+        );
+        assert!(p("10.0.0.1:81:x:5")
+            .unwrap_err()
+            .problem
+            .contains("max 'x'"));
+        assert!(p("10.0.0.1:81:-1")
+            .unwrap_err()
+            .problem
+            .contains("out of range"));
         assert!(p("::1").unwrap_err().problem.contains("[addr]"));
         assert!(p("").is_err());
         assert!(p("h:1:2:3:4:5:6").is_err());

@@ -111,7 +111,11 @@ fn wait_for_child(prog: &str, mut rd: File) -> ! {
 }
 
 fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors, which we own.
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
@@ -130,7 +134,9 @@ impl Pidfile {
         let err = |e| DaemonError::Pidfile(path.to_path_buf(), e);
         let mut f = File::create(path).map_err(err)?;
         write!(f, "{}", std::process::id()).map_err(err)?;
-        Ok(Pidfile { path: path.to_path_buf() })
+        Ok(Pidfile {
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -157,12 +163,22 @@ impl User {
         let mut buf = vec![0 as libc::c_char; 16384];
         // SAFETY: all pointers are valid for the call; buf outlives the use of pw's strings.
         let rc = unsafe {
-            libc::getpwnam_r(cname.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut result)
+            libc::getpwnam_r(
+                cname.as_ptr(),
+                &mut pw,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
         };
         if rc != 0 || result.is_null() {
             return Err(unknown());
         }
-        Ok(User { name: cname, uid: pw.pw_uid, gid: pw.pw_gid })
+        Ok(User {
+            name: cname,
+            uid: pw.pw_uid,
+            gid: pw.pw_gid,
+        })
     }
 }
 
@@ -201,7 +217,10 @@ fn name_of(c: &CStr) -> String {
 
 /// Raises the soft fd limit to the hard limit, so `-x` connections have descriptors.
 pub fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: valid pointer to a rlimit.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -216,4 +235,3 @@ pub fn running_as_root() -> bool {
     // SAFETY: getuid cannot fail.
     unsafe { libc::getuid() == 0 }
 }
-

@@ -30,7 +30,13 @@ pub fn enabled(n: u32) -> bool {
 /// Sends diagnostics to syslog from now on (facility LOG_USER, as the original).
 pub fn use_syslog(ident: &'static std::ffi::CStr) {
     // SAFETY: `ident` is 'static, as openlog(3) requires: it keeps the pointer.
-    unsafe { libc::openlog(ident.as_ptr(), libc::LOG_CONS | libc::LOG_PID, libc::LOG_USER) };
+    unsafe {
+        libc::openlog(
+            ident.as_ptr(),
+            libc::LOG_CONS | libc::LOG_PID,
+            libc::LOG_USER,
+        )
+    };
     SYSLOG.store(true, Ordering::Relaxed);
 }
 
@@ -39,7 +45,11 @@ pub fn emit(error: bool, args: fmt::Arguments) {
     if SYSLOG.load(Ordering::Relaxed) {
         let text = fmt::format(args).replace('\0', "\\0");
         if let Ok(msg) = CString::new(text) {
-            let prio = if error { libc::LOG_ERR } else { libc::LOG_DEBUG };
+            let prio = if error {
+                libc::LOG_ERR
+            } else {
+                libc::LOG_DEBUG
+            };
             // SAFETY: both strings are NUL-terminated; "%s" takes exactly one argument.
             unsafe { libc::syslog(prio, c"%s".as_ptr(), msg.as_ptr()) };
         }

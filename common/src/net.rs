@@ -42,7 +42,11 @@ impl fmt::Display for NetError {
 impl std::error::Error for NetError {}
 
 fn step<T>(r: io::Result<T>, step: &'static str, ep: &dyn fmt::Display) -> Result<T, NetError> {
-    r.map_err(|source| NetError { step, endpoint: ep.to_string(), source })
+    r.map_err(|source| NetError {
+        step,
+        endpoint: ep.to_string(),
+        source,
+    })
 }
 
 /// A non-blocking stream listener with the original's options (`SO_REUSEADDR`,
@@ -52,7 +56,11 @@ fn step<T>(r: io::Result<T>, step: &'static str, ep: &dyn fmt::Display) -> Resul
 pub fn stream_listener(ep: &Endpoint, backlog: i32, nodelay: bool) -> Result<Socket, NetError> {
     let sock = match ep {
         Endpoint::Inet(addr) => {
-            let s = step(Socket::new(Domain::for_address(*addr), Type::STREAM, None), "create", ep)?;
+            let s = step(
+                Socket::new(Domain::for_address(*addr), Type::STREAM, None),
+                "create",
+                ep,
+            )?;
             step(s.set_reuse_address(true), "set SO_REUSEADDR on", ep)?;
             step(s.set_keepalive(true), "set SO_KEEPALIVE on", ep)?;
             if nodelay {
@@ -80,7 +88,11 @@ pub fn stream_listener(ep: &Endpoint, backlog: i32, nodelay: bool) -> Result<Soc
 /// (the kernel may cap it; `SO_RCVBUFFORCE` is tried first when running privileged).
 pub fn udp_socket(addr: SocketAddr, rcvbuf: Option<usize>) -> Result<Socket, NetError> {
     let ep = Endpoint::Inet(addr);
-    let s = step(Socket::new(Domain::for_address(addr), Type::DGRAM, None), "create", &ep)?;
+    let s = step(
+        Socket::new(Domain::for_address(addr), Type::DGRAM, None),
+        "create",
+        &ep,
+    )?;
     if addr.is_ipv6() {
         step(s.set_only_v6(false), "set IPV6_V6ONLY on", &ep)?;
     }
@@ -97,7 +109,10 @@ pub fn udp_socket(addr: SocketAddr, rcvbuf: Option<usize>) -> Result<Socket, Net
 fn remove_stale_socket(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
-        Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket")),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "exists and is not a socket",
+        )),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }

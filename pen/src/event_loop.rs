@@ -26,8 +26,14 @@ pub trait Host {
 }
 
 /// Runs until TERM/INT or `exit`.
-pub fn run(state: &mut State, poll: &mut Poll, signals: &mut Signals, host: &mut dyn Host) -> io::Result<()> {
-    poll.registry().register(&mut signals.wake, SIGNAL, Interest::READABLE)?;
+pub fn run(
+    state: &mut State,
+    poll: &mut Poll,
+    signals: &mut Signals,
+    host: &mut dyn Host,
+) -> io::Result<()> {
+    poll.registry()
+        .register(&mut signals.wake, SIGNAL, Interest::READABLE)?;
     if let Some(l) = state.listener.as_mut() {
         poll.registry().register(l, LISTEN, Interest::READABLE)?;
     }
@@ -71,10 +77,15 @@ impl State {
         if !self.again.is_empty() || (self.accept_more && self.can_accept()) {
             return Some(Duration::ZERO);
         }
-        let next = [self.timers.next(), self.accept_retry].into_iter().flatten().min();
+        let next = [self.timers.next(), self.accept_retry]
+            .into_iter()
+            .flatten()
+            .min();
         // Housekeeping tick as the original (`timeout` seconds) at most.
         let tick = self.connect_timeout();
-        Some(next.map_or(tick, |t| t.saturating_duration_since(Instant::now()).min(tick)))
+        Some(next.map_or(tick, |t| {
+            t.saturating_duration_since(Instant::now()).min(tick)
+        }))
     }
 
     fn can_accept(&self) -> bool {
@@ -129,7 +140,10 @@ impl State {
         if !matches!(conn.phase, Phase::Relaying) {
             return;
         }
-        let server = conn.server.and_then(|s| self.servers.get(s)).and_then(|s| s.endpoint.clone());
+        let server = conn
+            .server
+            .and_then(|s| self.servers.get(s))
+            .and_then(|s| s.endpoint.clone());
         let server_ip = server.as_ref().map(ServerAddr);
         let peer = conn.peer;
         let client = PeerIp(&peer);

@@ -120,7 +120,11 @@ fn configure(state: &mut State, s: &Startup) -> Result<(), Error> {
     set.exit_enabled = s.exit_enabled;
     set.control = s.control.clone();
     set.config = s.config.clone();
-    for (cmd, echo) in s.commands.iter().zip(s.echo.iter().chain(std::iter::repeat(&false))) {
+    for (cmd, echo) in s
+        .commands
+        .iter()
+        .zip(s.echo.iter().chain(std::iter::repeat(&false)))
+    {
         let reply = state.apply(cmd.clone()).map_err(|e| Error(e.0))?;
         if *echo {
             print!("{reply}");
@@ -163,7 +167,10 @@ fn add_servers(state: &mut State, s: &Startup, listen: &str) -> Result<(), Error
     let parse = |text: &str| -> Result<Server, Error> {
         let sp = ServerSpec::parse(text, default_port, Proto::Tcp)
             .map_err(|e| Error(format!("server {e}")))?;
-        let ep = sp.target.endpoint().map_err(|e| Error(format!("server {e}")))?;
+        let ep = sp
+            .target
+            .endpoint()
+            .map_err(|e| Error(format!("server {e}")))?;
         let mut srv = Server::new(Some(ep));
         (srv.max, srv.hard, srv.weight, srv.prio) = (sp.max, sp.hard, sp.weight, sp.prio);
         Ok(srv)
@@ -193,7 +200,13 @@ fn add_servers(state: &mut State, s: &Startup, listen: &str) -> Result<(), Error
         common::diag!("servers:");
         for (i, srv) in state.servers.list.iter().enumerate() {
             let addr = srv.endpoint.as_ref().map_or("-".into(), |e| e.to_string());
-            common::diag!("{i:2} {addr}:{}:{}:{}:{}", srv.max, srv.hard, srv.weight, srv.prio);
+            common::diag!(
+                "{i:2} {addr}:{}:{}:{}:{}",
+                srv.max,
+                srv.hard,
+                srv.weight,
+                srv.prio
+            );
         }
     }
     Ok(())
@@ -214,8 +227,14 @@ fn start(state: &mut State, s: &Startup, listen: &str) -> Result<Parts, Error> {
     daemon::raise_fd_limit();
     let l = Listener::bind(listen, s.backlog, state.settings.tcp_nodelay)?;
     state.listener = Some(l);
-    let user = s.user.as_deref().map(User::lookup).transpose().map_err(|e| Error(e.to_string()))?;
-    daemon::drop_privileges(user.as_ref(), s.chroot.as_deref()).map_err(|e| Error(e.to_string()))?;
+    let user = s
+        .user
+        .as_deref()
+        .map(User::lookup)
+        .transpose()
+        .map_err(|e| Error(e.to_string()))?;
+    daemon::drop_privileges(user.as_ref(), s.chroot.as_deref())
+        .map_err(|e| Error(e.to_string()))?;
     if let Some(target) = state.settings.log_spec.clone() {
         state.log.open(&target).map_err(|e| Error(e.0))?;
     }
@@ -225,7 +244,11 @@ fn start(state: &mut State, s: &Startup, listen: &str) -> Result<Parts, Error> {
         .map(Pidfile::create)
         .transpose()
         .map_err(|e| Error(e.to_string()))?;
-    Ok(Parts { poll, signals, pidfile })
+    Ok(Parts {
+        poll,
+        signals,
+        pidfile,
+    })
 }
 
 /// Runs the loop; HUP and USR1 come back here.

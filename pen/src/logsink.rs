@@ -68,7 +68,9 @@ impl LogSink {
                 let err = |e: String| LogError(format!("can't log to '{spec}': {e}"));
                 let port = parse_port(port, Proto::Udp).map_err(err)?;
                 let addr = resolve(host, port).map_err(|e| err(e.problem))?;
-                Target::Net { sock: udp_to(addr).map_err(|e| err(e.to_string()))? }
+                Target::Net {
+                    sock: udp_to(addr).map_err(|e| err(e.to_string()))?,
+                }
             }
             None => {
                 let file = OpenOptions::new()
@@ -171,9 +173,15 @@ mod tests {
 
     #[test]
     fn network_targets_need_a_numeric_port() {
-        assert_eq!(network_spec("127.0.0.1:514"), Some((Some("127.0.0.1"), "514")));
+        assert_eq!(
+            network_spec("127.0.0.1:514"),
+            Some((Some("127.0.0.1"), "514"))
+        );
         assert_eq!(network_spec("[::1]:514"), Some((Some("::1"), "514")));
-        assert_eq!(network_spec("loghost:10000"), Some((Some("loghost"), "10000")));
+        assert_eq!(
+            network_spec("loghost:10000"),
+            Some((Some("loghost"), "10000"))
+        );
         assert_eq!(network_spec("logs:today"), None);
         assert_eq!(network_spec("/var/log/pen.log"), None);
         assert_eq!(network_spec("./x:514"), None);

@@ -36,7 +36,12 @@ impl Signals {
         let hup = Arc::new(AtomicBool::new(false));
         let term = Arc::new(AtomicBool::new(false));
         let usr1 = Arc::new(AtomicBool::new(false));
-        for (sig, flag) in [(SIGHUP, &hup), (SIGTERM, &term), (SIGINT, &term), (SIGUSR1, &usr1)] {
+        for (sig, flag) in [
+            (SIGHUP, &hup),
+            (SIGTERM, &term),
+            (SIGINT, &term),
+            (SIGUSR1, &usr1),
+        ] {
             signal_hook::flag::register(sig, flag.clone())?;
             signal_hook::low_level::pipe::register(sig, notify.try_clone()?)?;
         }
@@ -44,7 +49,12 @@ impl Signals {
         for sig in [SIGPIPE, SIGUSR2] {
             signal_hook::flag::register(sig, ignored.clone())?;
         }
-        Ok(Signals { wake: UnixStream::from_std(wake), hup, term, usr1 })
+        Ok(Signals {
+            wake: UnixStream::from_std(wake),
+            hup,
+            term,
+            usr1,
+        })
     }
 
     /// Empties the wake-up pipe and returns what was asked for since the last call.

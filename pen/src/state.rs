@@ -107,8 +107,13 @@ pub struct Clock {
 
 impl Clock {
     pub fn read() -> Clock {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        Clock { now: Instant::now(), wall }
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Clock {
+            now: Instant::now(),
+            wall,
+        }
     }
 }
 

@@ -19,7 +19,10 @@ pub fn text(state: &State) -> Vec<String> {
         Some(ServerRef::Abuse) => -2,
         None => 0,
     };
-    out.push(format!("Time {now}, {} servers, {current} current", state.servers.list.len()));
+    out.push(format!(
+        "Time {now}, {} servers, {current} current",
+        state.servers.list.len()
+    ));
     for (i, s) in state.servers.list.iter().enumerate() {
         let addr = match &s.endpoint {
             Some(Endpoint::Inet(a)) => a.ip().to_string(),
@@ -31,7 +34,10 @@ pub fn text(state: &State) -> Vec<String> {
             s.status, s.port(), s.conns, s.max, s.hard, s.sx, s.rx
         ));
     }
-    out.push(format!("Max number of clients: {}", state.clients.capacity()));
+    out.push(format!(
+        "Max number of clients: {}",
+        state.clients.capacity()
+    ));
     out.push("Active clients:".into());
     for (i, c) in state.clients.used() {
         let mut m = String::new();
@@ -52,9 +58,16 @@ pub fn text(state: &State) -> Vec<String> {
         );
         out.push(m);
     }
-    out.push(format!("Max number of connections: {}", state.settings.conn_max));
+    out.push(format!(
+        "Max number of connections: {}",
+        state.settings.conn_max
+    ));
     out.push("Active connections:".into());
-    for (k, c) in state.conns.iter().filter(|(_, c)| !matches!(c.phase, Phase::Closed)) {
+    for (k, c) in state
+        .conns
+        .iter()
+        .filter(|(_, c)| !matches!(c.phase, Phase::Closed))
+    {
         out.push(format!(
             "Connection {k} status:\ndownfd = {}, upfd = {}\npending data {} down, {} up\nclient {}, server {}",
             c.client.stream.raw_fd(),

@@ -44,12 +44,20 @@ pub fn temp_dir(test: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1 (bind 0, read, drop). Callers retry on EADDRINUSE.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A free UDP port on 127.0.0.1.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running program, killed and reaped on drop. Its stderr and stdout are collected by
@@ -68,8 +76,13 @@ impl Proc {
 
     pub fn start_with(name: &str, args: &[&str], stdin: Stdio) -> Proc {
         let mut cmd = Command::new(bin(name));
-        cmd.args(args).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name} {args:?}: {e}"));
+        cmd.args(args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} {args:?}: {e}"));
         let output = Arc::new(Mutex::new(String::new()));
         let prefix = format!("[{name} {}]", child.id());
         if let Some(out) = child.stdout.take() {
@@ -80,7 +93,11 @@ impl Proc {
         }
         let mut argv = vec![name.to_string()];
         argv.extend(args.iter().map(|s| s.to_string()));
-        Proc { child, argv, output }
+        Proc {
+            child,
+            argv,
+            output,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -108,7 +125,11 @@ impl Proc {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        panic!("{:?} did not exit within {limit:?}; output:\n{}", self.argv, self.output());
+        panic!(
+            "{:?} did not exit within {limit:?}; output:\n{}",
+            self.argv,
+            self.output()
+        );
     }
 
     /// Waits until the output contains `needle`.
@@ -120,7 +141,11 @@ impl Proc {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        panic!("{:?}: no '{needle}' within {limit:?}; output:\n{}", self.argv, self.output());
+        panic!(
+            "{:?}: no '{needle}' within {limit:?}; output:\n{}",
+            self.argv,
+            self.output()
+        );
     }
 }
 
@@ -228,7 +253,10 @@ pub fn start_pen(args: &[&str]) -> (Proc, SocketAddr) {
     for _ in 0..5 {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let args: Vec<String> = args.iter().map(|a| a.replace("{port}", &port.to_string())).collect();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut pen = Proc::start("pen", &argv);
         let end = Instant::now() + DEADLINE;
@@ -243,7 +271,11 @@ pub fn start_pen(args: &[&str]) -> (Proc, SocketAddr) {
                 }
                 panic!("pen {args:?} exited with {st} before listening:\n{out}");
             }
-            assert!(Instant::now() < end, "pen {args:?} not listening on {addr}:\n{}", pen.output());
+            assert!(
+                Instant::now() < end,
+                "pen {args:?} not listening on {addr}:\n{}",
+                pen.output()
+            );
             thread::sleep(Duration::from_millis(20));
         }
         let _ = pen.wait_exit(DEADLINE);
@@ -313,7 +345,12 @@ impl NameServer {
                 }
             }
         });
-        NameServer { addr, name: name.to_string(), accepted, stop }
+        NameServer {
+            addr,
+            name: name.to_string(),
+            accepted,
+            stop,
+        }
     }
 
     /// The spec to give pen: `127.0.0.1:PORT`.
@@ -334,7 +371,8 @@ pub fn hello_from(from: &str, pen: SocketAddr) -> (String, TcpStream) {
     let s = connect_from(from, pen);
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut line = String::new();
-    r.read_line(&mut line).unwrap_or_else(|e| panic!("reading backend name via pen: {e}"));
+    r.read_line(&mut line)
+        .unwrap_or_else(|e| panic!("reading backend name via pen: {e}"));
     (line.trim_end().to_string(), s)
 }
 

@@ -69,9 +69,11 @@ impl State {
                 self.log.stop();
                 String::new()
             }
-            Command::WebStats(None) => {
-                s.web_stats.as_ref().map(|p| line(&p.display().to_string())).unwrap_or_default()
-            }
+            Command::WebStats(None) => s
+                .web_stats
+                .as_ref()
+                .map(|p| line(&p.display().to_string()))
+                .unwrap_or_default(),
             Command::WebStats(Some(f)) => {
                 s.web_stats = Some(PathBuf::from(&f));
                 line(&f)
@@ -96,7 +98,9 @@ impl State {
             }
             Command::Server(n, sets) => return self.server(n, sets),
             Command::Acl(n, rule) => {
-                self.acls.add(n, rule).map_err(|e| ExecError(e.to_string()))?;
+                self.acls
+                    .add(n, rule)
+                    .map_err(|e| ExecError(e.to_string()))?;
                 String::new()
             }
             Command::NoAcl(n) => {
@@ -200,11 +204,16 @@ impl State {
                         self.arm_idle_timers();
                     }
                 }
-                return Ok(format!("Idle timeout: {} seconds\n", self.settings.idle_timeout));
+                return Ok(format!(
+                    "Idle timeout: {} seconds\n",
+                    self.settings.idle_timeout
+                ));
             }
             IntSetting::Idlers => {
                 if let Some(v) = v.filter(|&v| v != 0) {
-                    return err(format!("idlers {v}: idle backend connections are not supported"));
+                    return err(format!(
+                        "idlers {v}: idle backend connections are not supported"
+                    ));
                 }
                 return Ok("Idlers: 0/0\n".into());
             }
@@ -301,7 +310,8 @@ impl State {
                 ServerSet::Prio(p) => srv.prio = p,
                 ServerSet::Acl(a) => srv.acl = a,
                 ServerSet::Blacklist(t) => {
-                    self.servers.set_blacklist(ServerRef::Index(n), t, now, blacklist);
+                    self.servers
+                        .set_blacklist(ServerRef::Index(n), t, now, blacklist);
                 }
             }
         }
@@ -354,7 +364,13 @@ impl State {
     /// `mode` (control.md §3.2): five flags, always in this order.
     fn mode_reply(&self) -> String {
         let p = &self.settings.policy;
-        let word = |on: bool, name: &str| if on { name.to_string() } else { format!("no {name}") };
+        let word = |on: bool, name: &str| {
+            if on {
+                name.to_string()
+            } else {
+                format!("no {name}")
+            }
+        };
         format!(
             "{} {} {} {} {}\n",
             word(p.hash, "hash"),
@@ -371,14 +387,21 @@ impl State {
         let mut out = String::new();
         for (_, c) in self.clients.used().filter(|(_, c)| c.last >= since) {
             let addr = crate::state::PeerIp(&c.addr);
-            let _ = writeln!(out, "{addr} connects {} sx {} rx {}", c.connects, c.csx, c.crx);
+            let _ = writeln!(
+                out,
+                "{addr} connects {} sx {} rx {}",
+                c.connects, c.csx, c.crx
+            );
         }
         out
     }
 
     /// `connection N` (control.md §3.4).
     fn connection_reply(&self, n: i64) -> Reply {
-        let Some(k) = usize::try_from(n).ok().filter(|&k| k < self.settings.conn_max) else {
+        let Some(k) = usize::try_from(n)
+            .ok()
+            .filter(|&k| k < self.settings.conn_max)
+        else {
             return Ok(format!("Connection {n} out of range\n"));
         };
         let (state, down, up, client, server, pend) = match self.conns.get(k) {
@@ -405,7 +428,9 @@ impl State {
             .iter()
             .find(|(_, c)| {
                 i64::from(c.client.stream.raw_fd()) == fd
-                    || c.backend.as_ref().is_some_and(|b| i64::from(b.stream.raw_fd()) == fd)
+                    || c.backend
+                        .as_ref()
+                        .is_some_and(|b| i64::from(b.stream.raw_fd()) == fd)
             })
             .map_or(-1, |(k, _)| k as i64);
         format!("Socket {fd} belongs to connection {owner}\n")
@@ -414,7 +439,10 @@ impl State {
     /// `close N`: only a live connection is closed (the original corrupted its counters
     /// closing an unused slot).
     fn close_cmd(&mut self, n: i64) -> Reply {
-        let Some(k) = usize::try_from(n).ok().filter(|&k| k < self.settings.conn_max) else {
+        let Some(k) = usize::try_from(n)
+            .ok()
+            .filter(|&k| k < self.settings.conn_max)
+        else {
             return Ok(format!("Connection {n} out of range\n"));
         };
         if self.conns.contains(k) {
@@ -439,7 +467,10 @@ fn line(s: &str) -> String {
 }
 
 fn acl_index(v: i64) -> Result<u8, ExecError> {
-    u8::try_from(v).ok().filter(|&n| n <= 9).ok_or_else(|| ExecError(format!("acl {v} out of range (0..9)")))
+    u8::try_from(v)
+        .ok()
+        .filter(|&n| n <= 9)
+        .ok_or_else(|| ExecError(format!("acl {v} out of range (0..9)")))
 }
 
 fn server_index(s: Option<ServerRef>) -> i64 {
@@ -456,10 +487,18 @@ fn server_address(a: &str, port: u16) -> Result<Endpoint, ExecError> {
     let target = if a.contains('/') {
         Target::Unix(PathBuf::from(a))
     } else {
-        let host = a.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(a);
-        Target::Inet { host: host.to_string(), port }
+        let host = a
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(a);
+        Target::Inet {
+            host: host.to_string(),
+            port,
+        }
     };
-    target.endpoint().map_err(|e| ExecError(format!("server address: {e}")))
+    target
+        .endpoint()
+        .map_err(|e| ExecError(format!("server address: {e}")))
 }
 
 /// `source ADDR`: a literal or a host name (port ignored).
@@ -470,4 +509,3 @@ fn source_addr(a: &str) -> Option<SocketAddr> {
     };
     resolve(Some(host), 0).ok()
 }
-

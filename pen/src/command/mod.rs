@@ -144,8 +144,14 @@ pub enum AclAction {
 /// What an ACL entry matches. Addresses are stored masked (control.md §6.4).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AclMatch {
-    V4 { addr: Ipv4Addr, mask: Ipv4Addr },
-    V6 { addr: Ipv6Addr, len: u8 },
+    V4 {
+        addr: Ipv4Addr,
+        mask: Ipv4Addr,
+    },
+    V6 {
+        addr: Ipv6Addr,
+        len: u8,
+    },
     /// GeoIP country: stored and written back, never matches (no GeoIP in this build).
     Country(String),
 }

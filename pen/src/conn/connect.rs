@@ -67,8 +67,11 @@ impl State {
         let key = self.conns.insert(conn);
         if let Some(reg) = &self.registry {
             let rw = Interest::READABLE | Interest::WRITABLE;
-            if let Err(e) = reg.register(&mut self.conns[key].client.stream, token(key, Side::Client), rw)
-            {
+            if let Err(e) = reg.register(
+                &mut self.conns[key].client.stream,
+                token(key, Side::Client),
+                rw,
+            ) {
                 common::diag!("can't watch client socket: {e}");
                 self.close(key);
                 return;
@@ -90,7 +93,9 @@ impl State {
             let conn = &self.conns[key];
             let client = self.clients.get(conn.client_slot);
             let bl = self.settings.blacklist;
-            if let Err(why) = select::admit(&self.servers, s, client, &conn.peer, &self.acls, now, bl) {
+            if let Err(why) =
+                select::admit(&self.servers, s, client, &conn.peer, &self.acls, now, bl)
+            {
                 common::debug!(2, "server {} not admitted: {why:?}", server_name(s));
                 continue;
             }
@@ -130,7 +135,10 @@ impl State {
         }
         conn.backend = Some(half);
         conn.server = Some(s);
-        conn.phase = Phase::Connecting { deadline, failover: Box::new(fo) };
+        conn.phase = Phase::Connecting {
+            deadline,
+            failover: Box::new(fo),
+        };
         let id = conn.id;
         // The remembered server changes now, even if this connect fails later
         // (pen.md §4.5 step 7): failover stickiness depends on it.
@@ -190,7 +198,8 @@ impl State {
     pub fn connect_failed(&mut self, key: usize, why: &str) {
         let now = self.clock.wall;
         let conn = &mut self.conns[key];
-        let Phase::Connecting { failover, .. } = std::mem::replace(&mut conn.phase, Phase::Relaying)
+        let Phase::Connecting { failover, .. } =
+            std::mem::replace(&mut conn.phase, Phase::Relaying)
         else {
             return;
         };
@@ -278,9 +287,12 @@ impl State {
                 let _ = reg.deregister(&mut b.stream);
             }
         }
-        for p in [conn.client.pending.take(), conn.backend.as_mut().and_then(|b| b.pending.take())]
-            .into_iter()
-            .flatten()
+        for p in [
+            conn.client.pending.take(),
+            conn.backend.as_mut().and_then(|b| b.pending.take()),
+        ]
+        .into_iter()
+        .flatten()
         {
             self.pool.give(p);
         }

@@ -225,7 +225,11 @@ impl XffState {
                     let take = (chunk.len() - i).min(usize::try_from(n).unwrap_or(usize::MAX));
                     i += take;
                     let left = n - take as u64;
-                    self.at = if left == 0 { At::RequestStart } else { At::Body(left) };
+                    self.at = if left == 0 {
+                        At::RequestStart
+                    } else {
+                        At::Body(left)
+                    };
                     continue;
                 }
                 At::ChunkSize => match b {
@@ -254,7 +258,11 @@ impl XffState {
                     let take = (chunk.len() - i).min(usize::try_from(n).unwrap_or(usize::MAX));
                     i += take;
                     let left = n - take as u64;
-                    self.at = if left == 0 { At::ChunkEnd } else { At::ChunkData(left) };
+                    self.at = if left == 0 {
+                        At::ChunkEnd
+                    } else {
+                        At::ChunkData(left)
+                    };
                     continue;
                 }
                 At::ChunkEnd => match b {
@@ -284,7 +292,10 @@ impl XffState {
     }
 
     fn begin_request(&mut self) {
-        *self = XffState { at: At::RequestLine, ..XffState::default() };
+        *self = XffState {
+            at: At::RequestLine,
+            ..XffState::default()
+        };
     }
 
     fn method_is(&self, m: &[u8]) -> bool {
@@ -343,7 +354,11 @@ impl XffState {
 
     fn emit_insert(&mut self, at: usize, event: &mut impl FnMut(Event)) {
         if self.rewrite && (!self.has_xff || !self.has_xfp) {
-            event(Event::Insert(Insert { at, proto: !self.has_xfp, xff: !self.has_xff }));
+            event(Event::Insert(Insert {
+                at,
+                proto: !self.has_xfp,
+                xff: !self.has_xff,
+            }));
         }
         // Never insert twice into one head, even if the blank line is odd.
         self.rewrite = false;
@@ -453,13 +468,19 @@ mod tests {
     #[test]
     fn get_gets_both_headers_before_the_blank_line() {
         let out = whole(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n");
-        assert_eq!(String::from_utf8(out).unwrap(), format!("GET / HTTP/1.0\r\nHost: a\r\n{XH}\r\n"));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("GET / HTTP/1.0\r\nHost: a\r\n{XH}\r\n")
+        );
     }
 
     #[test]
     fn methods_are_case_insensitive_and_others_untouched() {
         let out = whole(b"get / HTTP/1.0\r\n\r\nBODY");
-        assert_eq!(String::from_utf8(out).unwrap(), format!("get / HTTP/1.0\r\n{XH}\r\nBODY"));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("get / HTTP/1.0\r\n{XH}\r\nBODY")
+        );
         for m in ["PUT", "DELETE", "OPTIONS", "GETX"] {
             let req = format!("{m} / HTTP/1.1\r\nHost: a\r\n\r\n");
             assert_eq!(whole(req.as_bytes()), req.as_bytes(), "{m}");
@@ -475,7 +496,8 @@ mod tests {
             "POST / HTTP/1.1\r\nx-forwarded-for: 1.2.3.4\r\nContent-Length: 0\r\n\
              X-Forwarded-Proto: http\r\n\r\n"
         );
-        let both = b"GET / HTTP/1.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 9.9.9.9\r\n\r\n";
+        let both =
+            b"GET / HTTP/1.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 9.9.9.9\r\n\r\n";
         assert_eq!(whole(both), both);
     }
 
@@ -485,7 +507,9 @@ mod tests {
         let out = String::from_utf8(whole(req)).unwrap();
         assert_eq!(
             out,
-            format!("POST / HTTP/1.1\r\nContent-Length: 26\r\n{XH}\r\nX-Forwarded-Proto: zz\r\n\r\n")
+            format!(
+                "POST / HTTP/1.1\r\nContent-Length: 26\r\n{XH}\r\nX-Forwarded-Proto: zz\r\n\r\n"
+            )
         );
     }
 
@@ -511,7 +535,12 @@ mod tests {
         let req = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Other: 1\r\n\r\nPOST /y HTTP/1.1\r\n\
                     Content-Length: 3\r\n\r\nabcGET /z HTTP/1.0\n\n";
         let expect = whole(req);
-        assert_eq!(String::from_utf8_lossy(&expect).matches("X-Forwarded-For").count(), 3);
+        assert_eq!(
+            String::from_utf8_lossy(&expect)
+                .matches("X-Forwarded-For")
+                .count(),
+            3
+        );
         for cut in 0..=req.len() {
             let got = run(&[&req[..cut], &req[cut..]]);
             assert_eq!(got, expect, "split at {cut}");
@@ -529,7 +558,11 @@ mod tests {
         assert_eq!(out.matches("X-Forwarded-For").count(), 2, "{out}");
         assert!(out.contains("hello\r\n3;ext=1\r\nGET\r\n0\r\n"));
         for cut in 0..=req.len() {
-            assert_eq!(run(&[&req[..cut], &req[cut..]]), out.as_bytes(), "split at {cut}");
+            assert_eq!(
+                run(&[&req[..cut], &req[cut..]]),
+                out.as_bytes(),
+                "split at {cut}"
+            );
         }
     }
 
@@ -556,8 +589,12 @@ mod tests {
         // Split inside the second request line: reported once, in the second piece.
         let mut st = XffState::default();
         let mut starts = Vec::new();
-        rewrite(&mut st, &req[..25], &"x", false, &mut out, |at| starts.push(at));
-        rewrite(&mut st, &req[25..], &"x", false, &mut out, |at| starts.push(at + 25));
+        rewrite(&mut st, &req[..25], &"x", false, &mut out, |at| {
+            starts.push(at)
+        });
+        rewrite(&mut st, &req[25..], &"x", false, &mut out, |at| {
+            starts.push(at + 25)
+        });
         assert_eq!(starts, vec![0, 19]);
     }
 
@@ -566,7 +603,14 @@ mod tests {
         let mut st = XffState::default();
         let mut out = Vec::new();
         let ip: std::net::IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert!(rewrite(&mut st, b"GET / HTTP/1.1\r\n\r\n", &ip, true, &mut out, |_| {}));
+        assert!(rewrite(
+            &mut st,
+            b"GET / HTTP/1.1\r\n\r\n",
+            &ip,
+            true,
+            &mut out,
+            |_| {}
+        ));
         let s = String::from_utf8(out).unwrap();
         assert!(s.contains("X-Forwarded-Proto: https\r\nX-Forwarded-For: ::ffff:127.0.0.1\r\n"));
     }

@@ -35,7 +35,14 @@ pub fn token(key: usize, side: Side) -> Token {
 /// The connection key and side of a connection token.
 pub fn untoken(t: Token) -> Option<(usize, Side)> {
     let n = t.0.checked_sub(FIRST_CONN_TOKEN)?;
-    Some((n / 2, if n % 2 == 0 { Side::Client } else { Side::Backend }))
+    Some((
+        n / 2,
+        if n % 2 == 0 {
+            Side::Client
+        } else {
+            Side::Backend
+        },
+    ))
 }
 
 /// One socket of a connection and what is known about it.
@@ -57,7 +64,14 @@ impl Half {
     /// A fresh half: assume it may be readable and writable until told otherwise, which is
     /// harmless (a read then just returns WouldBlock).
     pub fn new(stream: Stream) -> Half {
-        Half { stream, pending: None, readable: true, writable: true, eof: false, shut: false }
+        Half {
+            stream,
+            pending: None,
+            readable: true,
+            writable: true,
+            eof: false,
+            shut: false,
+        }
     }
 
     /// Bytes waiting to be written to this side.
@@ -70,7 +84,10 @@ impl Half {
 #[derive(Debug)]
 pub enum Phase {
     /// A backend connect is in flight; `failover` holds the candidates still to try.
-    Connecting { deadline: Instant, failover: Box<Failover> },
+    Connecting {
+        deadline: Instant,
+        failover: Box<Failover>,
+    },
     /// Both halves are connected and bytes flow.
     Relaying,
     /// Closed; the slot is freed after the current batch of events.

@@ -60,7 +60,12 @@ enum Flow {
 impl Relay<'_> {
     /// Moves data both ways as far as readiness allows.
     pub fn pump(&mut self, conn: &mut Conn) -> Outcome {
-        let Conn { client, backend, xff, .. } = conn;
+        let Conn {
+            client,
+            backend,
+            xff,
+            ..
+        } = conn;
         let Some(backend) = backend.as_mut() else {
             return Outcome::Close;
         };
@@ -120,11 +125,12 @@ impl Relay<'_> {
                     let log = &mut self.log;
                     let now = self.now;
                     let client = self.client;
-                    let rewritten = http::rewrite(state, chunk, client, false, self.scratch, |at| {
-                        if let Some((sink, server)) = log {
-                            sink.record(client, *server, &chunk[at..], now);
-                        }
-                    });
+                    let rewritten =
+                        http::rewrite(state, chunk, client, false, self.scratch, |at| {
+                            if let Some((sink, server)) = log {
+                                sink.record(client, *server, &chunk[at..], now);
+                            }
+                        });
                     if rewritten {
                         out = self.scratch;
                     }
