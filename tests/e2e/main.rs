@@ -4,4 +4,7 @@ mod util;
 
 mod logging;
 mod pen_basic;
+mod pen_process;
+mod pen_relay;
+mod pen_select;
 mod penctl;
