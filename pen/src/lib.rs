@@ -115,6 +115,16 @@ fn refuse_unbuilt(s: &Startup) -> Result<(), Error> {
 /// Applies the command-line options, `-O` commands and the `-F` file, in the original's
 /// order (control.md §5.2).
 fn configure(state: &mut State, s: &Startup) -> Result<(), Error> {
+    state.launch = state::Launch {
+        foreground: s.foreground,
+        udp: s.udp,
+        pidfile: s.pidfile.clone(),
+        user: s.user.clone(),
+        chroot: s.chroot.clone(),
+        emergency: s.emergency.clone(),
+        abuse: s.abuse.clone(),
+        started: state.clock.wall,
+    };
     let set = &mut state.settings;
     set.backlog = s.backlog;
     set.exit_enabled = s.exit_enabled;

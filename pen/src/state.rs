@@ -97,6 +97,22 @@ impl Default for Settings {
     }
 }
 
+/// How pen was started: what `write` puts in its restart comment (control.md §5.4) and
+/// the process options that have no command.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    pub foreground: bool,
+    pub udp: bool,
+    pub pidfile: Option<PathBuf>,
+    pub user: Option<String>,
+    pub chroot: Option<PathBuf>,
+    /// `-e` and `-B` specs as written.
+    pub emergency: Option<String>,
+    pub abuse: Option<String>,
+    /// Wall-clock second pen started.
+    pub started: i64,
+}
+
 /// The loop's notion of time, read once per pass.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -158,6 +174,7 @@ pub struct Totals {
 /// Pen: settings, tables and the sockets the loop owns.
 pub struct State {
     pub settings: Settings,
+    pub launch: Launch,
     pub servers: Servers,
     pub clients: Clients,
     pub acls: Acls,
@@ -196,6 +213,7 @@ impl State {
     pub fn new() -> State {
         State {
             settings: Settings::default(),
+            launch: Launch::default(),
             servers: Servers::new(),
             clients: Clients::new(2048),
             acls: Acls::new(),

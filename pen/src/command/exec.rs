@@ -116,6 +116,7 @@ impl State {
             Command::Pid => line(&std::process::id().to_string()),
             Command::Control => s.control.as_deref().map(line).unwrap_or_default(),
             Command::Status => return err("Unable to create webstats"),
+            Command::Stats => return err("stats: not implemented yet"),
             Command::Write(_) => return err("write: not implemented yet"),
             Command::Include(file) => return self.include(&file, depth),
             Command::Exit => {

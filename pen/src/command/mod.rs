@@ -55,6 +55,8 @@ pub enum Command {
     Close(Option<i64>),
     Pid,
     Control,
+    /// `stats`: machine-readable counters, one `key value` per line (an addition).
+    Stats,
     /// `write [FILE]`.
     Write(Option<String>),
     /// `include FILE`.

@@ -238,6 +238,7 @@ pub fn parse_line(line: &str) -> Result<Command, ParseError> {
         "close" => Command::Close(args.opt_int("a connection number")?),
         "servers" => Command::Servers,
         "mode" => Command::Mode,
+        "stats" => Command::Stats,
         "status" => Command::Status,
         "pid" => Command::Pid,
         "control" => Command::Control,
