@@ -1,0 +1,330 @@
+//! What penlogd does with one datagram, with no sockets and no clock (the caller passes
+//! the source and the time): store a pen record, or rewrite the web lines it holds.
+//!
+//! Kinds are told apart as the original did (spec §3.1, §5): a datagram starting with `+`
+//! is a pen record, anything else holds web lines. Unlike the original, a datagram holding
+//! several lines is split into them, a line without a request or with no match is written
+//! unchanged (never dropped), and bad input of any kind is counted and skipped.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use common::logrec::Record;
+
+use crate::matcher::Matcher;
+use crate::nets::{allowed, Net};
+use crate::stats::Stats;
+use crate::webline::{has_escapes, unescape, WebLine};
+
+/// Request bytes compared: every request byte a pen record can hold whatever its two
+/// addresses (1023 − `"+ "` − 2 × 39 − 2 spaces = 941), rounded down.
+pub const KEY_MAX: usize = 900;
+
+/// Joins records and lines.
+pub struct Join {
+    matcher: Matcher<IpAddr>,
+    pen_from: Vec<Net>,
+    web_from: Vec<Net>,
+    scratch: Vec<u8>,
+    /// Counters (the kernel drop count and write errors are filled in by the daemon).
+    pub stats: Stats,
+}
+
+impl Join {
+    /// `records` = matcher capacity; `window_ms` = maximal record age.
+    pub fn new(
+        records: usize,
+        window_ms: Option<i64>,
+        pen_from: Vec<Net>,
+        web_from: Vec<Net>,
+    ) -> Join {
+        Join {
+            matcher: Matcher::new(records, window_ms, KEY_MAX),
+            pen_from,
+            web_from,
+            scratch: Vec::with_capacity(KEY_MAX),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Handles one datagram from `from` received at `now` (ms); output lines are appended
+    /// to `out`. Returns the number of lines appended.
+    pub fn datagram(&mut self, data: &[u8], from: IpAddr, now: i64, out: &mut Vec<u8>) -> usize {
+        self.stats.received += 1;
+        let Some(&first) = data.first() else {
+            self.stats.empty += 1;
+            return 0;
+        };
+        if first == b'+' {
+            self.record(data, from, now);
+            return 0;
+        }
+        if !allowed(&self.web_from, from) {
+            self.stats.refused += 1;
+            common::debug!(1, "refusing web line from {from}");
+            return 0;
+        }
+        self.matcher.expire(now);
+        let mut n = 0;
+        for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            self.line(line, from, now, out);
+            n += 1;
+        }
+        if n == 0 {
+            self.stats.empty += 1;
+        }
+        n
+    }
+
+    /// The matcher's eviction and expiry counts, with the other counters.
+    pub fn snapshot(&self) -> Stats {
+        Stats {
+            matcher: self.matcher.stats,
+            ..self.stats
+        }
+    }
+
+    fn record(&mut self, data: &[u8], from: IpAddr, now: i64) {
+        if !allowed(&self.pen_from, from) {
+            self.stats.refused += 1;
+            common::debug!(1, "refusing pen record from {from}");
+            return;
+        }
+        match Record::parse(data) {
+            Ok(r) => {
+                self.stats.records += 1;
+                let (key, len) = ip_key(r.server);
+                self.matcher.record(&key[..len], r.request, r.client, now);
+            }
+            Err(e) => {
+                self.stats.bad_records += 1;
+                common::debug!(1, "discarding bogus pen record from {from}: {e}");
+            }
+        }
+    }
+
+    fn line(&mut self, line: &[u8], from: IpAddr, now: i64, out: &mut Vec<u8>) {
+        self.stats.lines += 1;
+        let w = WebLine::parse(line);
+        if let (Some(host_end), Some(req)) = (w.host_end, w.request) {
+            let req = if has_escapes(req) {
+                unescape(req, &mut self.scratch);
+                &self.scratch[..]
+            } else {
+                req
+            };
+            let (key, len) = ip_key(from);
+            if let Some(client) = self.matcher.take(&key[..len], req, now) {
+                self.stats.matched += 1;
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "{client}");
+                out.extend_from_slice(&line[host_end..]);
+                out.push(b'\n');
+                return;
+            }
+        }
+        self.stats.unmatched += 1;
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+}
+
+/// A server's key bytes: 4 for IPv4, 16 for IPv6 (already canonical).
+fn ip_key(ip: IpAddr) -> ([u8; 16], usize) {
+    let mut k = [0u8; 16];
+    match ip {
+        IpAddr::V4(a) => {
+            k[..4].copy_from_slice(&a.octets());
+            (k, 4)
+        }
+        IpAddr::V6(a) => (a.octets(), 16),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn join() -> Join {
+        Join::new(1000, Some(600_000), vec![], vec![])
+    }
+
+    fn feed(j: &mut Join, from: &str, data: &[u8]) -> String {
+        let mut out = Vec::new();
+        j.datagram(data, ip(from), 0, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    const LINE: &[u8] =
+        b"127.0.0.1 - - [21/Nov/2026:04:44:32 +0000] \"GET /same HTTP/1.1\" 200 2\n";
+
+    #[test]
+    fn spec_capture_ambiguity_fixed() {
+        let mut j = join();
+        feed(
+            &mut j,
+            "127.0.0.1",
+            b"+ 10.0.0.1 127.0.0.2 GET /same HTTP/1.1\n",
+        );
+        feed(
+            &mut j,
+            "127.0.0.1",
+            b"+ 10.0.0.2 127.0.0.2 GET /same HTTP/1.1\n",
+        );
+        assert_eq!(
+            feed(&mut j, "127.0.0.3", LINE),
+            String::from_utf8_lossy(LINE),
+            "other server"
+        );
+        assert!(feed(&mut j, "127.0.0.2", LINE).starts_with("10.0.0.1 - - [21/Nov"));
+        assert!(feed(&mut j, "127.0.0.2", LINE).starts_with("10.0.0.2 - - [21/Nov"));
+        assert!(
+            feed(&mut j, "127.0.0.2", LINE).starts_with("127.0.0.1 - -"),
+            "used up"
+        );
+        let s = j.snapshot();
+        assert_eq!(
+            (s.received, s.records, s.lines, s.matched, s.unmatched),
+            (6, 2, 4, 2, 2)
+        );
+    }
+
+    #[test]
+    fn ipv6_server_and_client() {
+        let mut j = join();
+        feed(&mut j, "::1", b"+ 2001:db8::5 ::1 GET /v6 HTTP/1.1\n");
+        let out = feed(&mut j, "::1", b"::1 - - [x] \"GET /v6 HTTP/1.1\" 200 1\n");
+        assert_eq!(out, "2001:db8::5 - - [x] \"GET /v6 HTTP/1.1\" 200 1\n");
+        // An IPv4-mapped source matches an IPv4 server.
+        feed(&mut j, "::1", b"+ 10.0.0.9 127.0.0.2 GET / HTTP/1.1\n");
+        let out = feed(
+            &mut j,
+            "127.0.0.2",
+            b"127.0.0.1 - - [x] \"GET / HTTP/1.1\" 200 1\n",
+        );
+        assert!(out.starts_with("10.0.0.9 "));
+    }
+
+    #[test]
+    fn escaped_and_raw_requests_match() {
+        let mut j = join();
+        feed(
+            &mut j,
+            "127.0.0.1",
+            b"+ 10.0.0.1 127.0.0.2 GET /caf\xc3\xa9\"q\" HTTP/1.1\n",
+        );
+        let out = feed(
+            &mut j,
+            "127.0.0.2",
+            b"127.0.0.1 - - [x] \"GET /caf\\xc3\\xa9\\\"q\\\" HTTP/1.1\" 200 1\n",
+        );
+        assert!(out.starts_with("10.0.0.1 - - [x]"), "{out}");
+    }
+
+    #[test]
+    fn long_request_matches() {
+        let mut j = join();
+        let path = "p".repeat(1500);
+        let mut rec = Vec::new();
+        common::logrec::udp_record(
+            &mut rec,
+            &"10.0.0.7",
+            &"127.0.0.2",
+            format!("GET /{path} HTTP/1.1").as_bytes(),
+        );
+        assert_eq!(rec.len(), 1024);
+        feed(&mut j, "127.0.0.1", &rec);
+        let out = feed(
+            &mut j,
+            "127.0.0.2",
+            format!("127.0.0.1 - - [x] \"GET /{path} HTTP/1.1\" 200 1\n").as_bytes(),
+        );
+        assert!(out.starts_with("10.0.0.7 "));
+    }
+
+    #[test]
+    fn lines_without_request_or_host_are_written_unchanged() {
+        let mut j = join();
+        feed(
+            &mut j,
+            "127.0.0.1",
+            b"+ 10.0.0.1 127.0.0.2 GET /abcdef HTTP/1.1\n",
+        );
+        assert_eq!(
+            feed(&mut j, "127.0.0.2", b"no request here\n"),
+            "no request here\n"
+        );
+        let odd = b"nospace\"GET /abcdef HTTP/1.1\"\n";
+        assert_eq!(feed(&mut j, "127.0.0.2", odd), String::from_utf8_lossy(odd));
+        // The record was not used up by those lines.
+        assert!(
+            feed(&mut j, "127.0.0.2", b"h \"GET /abcdef HTTP/1.1\" 1\n").starts_with("10.0.0.1 \"")
+        );
+    }
+
+    #[test]
+    fn several_lines_per_datagram_and_no_newline() {
+        let mut j = join();
+        let out = feed(&mut j, "127.0.0.2", b"a \"x\"\n\nb \"y\"\nc no newline");
+        assert_eq!(out, "a \"x\"\nb \"y\"\nc no newline\n");
+        assert_eq!(j.snapshot().lines, 3);
+    }
+
+    #[test]
+    fn bad_input_counted_never_fatal() {
+        let mut j = join();
+        assert_eq!(feed(&mut j, "127.0.0.1", b""), "");
+        assert_eq!(feed(&mut j, "127.0.0.1", b"\n\n"), "");
+        assert_eq!(
+            feed(&mut j, "127.0.0.1", b"+ this looks like a web line\n"),
+            ""
+        );
+        assert_eq!(
+            feed(&mut j, "127.0.0.1", b"+ 2001:db8::1 ::1 GET /v6 HTTP/1.1\n"),
+            ""
+        );
+        assert_eq!(
+            feed(&mut j, "127.0.0.1", b"+ 10.0.0.1 web.example GET /\n"),
+            ""
+        );
+        assert_eq!(feed(&mut j, "127.0.0.1", b"+\xff\xfe"), "");
+        let mut seed = 12345u32;
+        for len in [1usize, 7, 100, 1024, 65507] {
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1103515245).wrapping_add(12345);
+                    (seed >> 16) as u8
+                })
+                .collect();
+            feed(&mut j, "127.0.0.2", &junk);
+        }
+        let s = j.snapshot();
+        assert_eq!((s.empty, s.bad_records, s.records), (2, 3, 1));
+    }
+
+    #[test]
+    fn source_filters() {
+        let mut j = Join::new(
+            10,
+            None,
+            vec![Net::parse("127.0.0.1").unwrap()],
+            vec![Net::parse("127.0.0.2").unwrap()],
+        );
+        feed(&mut j, "127.0.0.9", b"+ 6.6.6.6 127.0.0.2 GET / HTTP/1.1\n");
+        feed(
+            &mut j,
+            "127.0.0.1",
+            b"+ 10.0.0.1 127.0.0.2 GET / HTTP/1.1\n",
+        );
+        assert_eq!(feed(&mut j, "127.0.0.9", b"x \"GET / HTTP/1.1\"\n"), "");
+        assert_eq!(
+            feed(&mut j, "127.0.0.2", b"x \"GET / HTTP/1.1\"\n"),
+            "10.0.0.1 \"GET / HTTP/1.1\"\n"
+        );
+        assert_eq!(j.snapshot().refused, 2);
+    }
+}
