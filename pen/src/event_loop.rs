@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::command::parse_line;
 use crate::conn::relay::{Outcome, Relay};
 use crate::conn::{untoken, Phase, Side};
+use crate::control::{self, Kind, Session, Step, FIRST_SESSION_TOKEN};
 use crate::signals::Signals;
 use crate::state::{Clock, PeerIp, State};
 
@@ -16,6 +18,13 @@ use crate::state::{Clock, PeerIp, State};
 pub const LISTEN: Token = Token(0);
 /// The signal wake-up pipe.
 pub const SIGNAL: Token = Token(1);
+/// The control socket.
+pub const CONTROL: Token = Token(2);
+/// The Prometheus listener.
+pub const METRICS: Token = Token(3);
+
+/// Open control sessions at most; more are closed at once.
+const MAX_SESSIONS: usize = 64;
 
 /// What the loop asks of its owner between passes (things that need process context).
 pub trait Host {
@@ -37,6 +46,12 @@ pub fn run(
     if let Some(l) = state.listener.as_mut() {
         poll.registry().register(l, LISTEN, Interest::READABLE)?;
     }
+    if let Some(l) = state.control.as_mut() {
+        poll.registry().register(l, CONTROL, Interest::READABLE)?;
+    }
+    if let Some(l) = state.metrics.as_mut() {
+        poll.registry().register(l, METRICS, Interest::READABLE)?;
+    }
     state.registry = Some(poll.registry().try_clone()?);
     state.accept_more = true;
     let mut events = Events::with_capacity(1024);
@@ -52,6 +67,11 @@ pub fn run(
             match ev.token() {
                 LISTEN => state.accept_more = true,
                 SIGNAL => {}
+                CONTROL => state.accept_sessions(Kind::Control),
+                METRICS => state.accept_sessions(Kind::Metrics),
+                Token(t) if t >= FIRST_SESSION_TOKEN => {
+                    state.session_event(t - FIRST_SESSION_TOKEN, ev)
+                }
                 t => state.conn_event(t, ev),
             }
         }
@@ -192,6 +212,7 @@ impl State {
         while let Some((key, id)) = self.timers.pop_due(now) {
             self.deadline(key, id, now);
         }
+        self.session_timers(now);
         if self.accept_retry.is_some_and(|t| t <= now) {
             self.accept_retry = None;
             self.accept_more = true;
@@ -281,6 +302,110 @@ impl State {
                 self.accept_paused = false;
                 self.accept_more = true;
             }
+        }
+    }
+
+    /// Accepts control (or metrics) connections. A TCP peer that `control_acl` denies is
+    /// closed at once with nothing sent (control.md §1.2); Unix peers are always allowed.
+    fn accept_sessions(&mut self, kind: Kind) {
+        loop {
+            let l = match kind {
+                Kind::Control => self.control.as_ref(),
+                Kind::Metrics => self.metrics.as_ref(),
+            };
+            let Some(l) = l else { return };
+            let (stream, peer) = match l.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    common::debug!(1, "control accept: {e}");
+                    return;
+                }
+            };
+            if kind == Kind::Control && !self.acls.permits(self.settings.control_acl, &peer) {
+                common::debug!(1, "do_ctrl: not from there ({peer})");
+                continue;
+            }
+            if self.sessions.len() >= MAX_SESSIONS {
+                common::debug!(1, "too many control sessions; closing {peer}");
+                continue;
+            }
+            let key = self
+                .sessions
+                .insert(Session::new(kind, stream, self.clock.now));
+            let registered = match &self.registry {
+                Some(reg) => control::register(reg, &mut self.sessions[key], key).is_ok(),
+                None => false,
+            };
+            if !registered {
+                self.sessions.remove(key);
+            }
+        }
+    }
+
+    fn session_event(&mut self, key: usize, ev: &Event) {
+        let now = self.clock.now;
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let mut step = Step::Wait;
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            step = s.on_readable(now);
+        }
+        if step == Step::Wait && (ev.is_writable() || ev.is_write_closed()) {
+            step = s.on_writable();
+        }
+        self.session_step(key, step);
+    }
+
+    fn session_timers(&mut self, now: Instant) {
+        let due: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.next_timer() <= now)
+            .map(|(k, _)| k)
+            .collect();
+        for key in due {
+            let step = self.sessions[key].on_timer(now);
+            self.session_step(key, step);
+        }
+    }
+
+    /// Answers a complete request, or closes a finished session.
+    fn session_step(&mut self, key: usize, step: Step) {
+        let step = match step {
+            Step::Wait => return,
+            Step::Close => Step::Close,
+            Step::Request(req) => {
+                let kind = self.sessions[key].kind;
+                let reply = match (kind, req) {
+                    (Kind::Metrics, _) => control::metrics_response(self),
+                    (Kind::Control, Ok(line)) => self.control_command(&line).into_bytes(),
+                    (Kind::Control, Err(e)) => format!("{e}\n").into_bytes(),
+                };
+                match self.sessions.get_mut(key) {
+                    Some(s) => s.reply(reply),
+                    None => return,
+                }
+            }
+        };
+        if step == Step::Close {
+            let mut s = self.sessions.remove(key);
+            if let Some(reg) = &self.registry {
+                let _ = reg.deregister(&mut s.stream);
+            }
+        }
+    }
+
+    /// Runs one control line and returns the reply text.
+    pub fn control_command(&mut self, line: &str) -> String {
+        match parse_line(line) {
+            Ok(cmd) => match self.apply(cmd) {
+                Ok(reply) => reply,
+                Err(e) => format!("{e}\n"),
+            },
+            Err(e) => format!("{e}\n"),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clients;
 pub mod command;
 pub mod conn;
+pub mod control;
 pub mod event_loop;
 pub mod listener;
 pub mod logsink;
@@ -106,9 +107,6 @@ fn refuse_unbuilt(s: &Startup) -> Result<(), Error> {
     if s.tls.cert.is_some() {
         return refuse("option -E (TLS termination)");
     }
-    if s.control.is_some() {
-        return refuse("option -C (control socket)");
-    }
     Ok(())
 }
 
@@ -158,6 +156,15 @@ fn apply_file(state: &mut State, path: &Path, fatal: bool) -> Result<(), Error> 
         }
         Err(e) => return Err(Error(e.to_string())),
     };
+    if !fatal {
+        // A reload applies the file's ACLs afresh instead of appending them again (the
+        // original grew every list on each HUP: control.md §5.3).
+        for (_, cmd) in &cmds {
+            if let command::Command::Acl(n, _) = cmd {
+                state.acls.clear(*n);
+            }
+        }
+    }
     for (lineno, cmd) in cmds {
         match state.apply(cmd) {
             Ok(reply) => print!("{reply}"),
@@ -237,6 +244,23 @@ fn start(state: &mut State, s: &Startup, listen: &str) -> Result<Parts, Error> {
     daemon::raise_fd_limit();
     let l = Listener::bind(listen, s.backlog, state.settings.tcp_nodelay)?;
     state.listener = Some(l);
+    if let Some(spec) = &s.control {
+        // As the original: no control port for root unless -u names a user to become.
+        if daemon::running_as_root() && s.user.is_none() {
+            common::diag!(
+                "Won't open control port running as root; use -u to run as different user"
+            );
+        } else {
+            let c = control::bind(spec, s.backlog)
+                .map_err(|e| Error(format!("control socket: {e}")))?;
+            state.control = Some(c);
+        }
+    }
+    if let Some(spec) = state.settings.prometheus.clone() {
+        let m = Listener::bind(&spec, s.backlog, false)
+            .map_err(|e| Error(format!("prometheus listener: {e}")))?;
+        state.metrics = Some(m);
+    }
     let user = s
         .user
         .as_deref()

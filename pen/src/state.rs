@@ -17,6 +17,7 @@ use crate::bufpool::{BufPool, CHUNK};
 use crate::clients::{Clients, Peer};
 use crate::command::Fastclose;
 use crate::conn::Conn;
+use crate::control::Session;
 use crate::listener::Listener;
 use crate::logsink::LogSink;
 use crate::select::Policy;
@@ -56,6 +57,8 @@ pub struct Settings {
     pub web_stats: Option<PathBuf>,
     /// The control spec (`-C`) as given.
     pub control: Option<String>,
+    /// The Prometheus listener spec (`prometheus ADDR`), off by default.
+    pub prometheus: Option<String>,
     /// `-X`: the `exit` command is allowed.
     pub exit_enabled: bool,
     /// Listen backlog (`-q`).
@@ -90,6 +93,7 @@ impl Default for Settings {
             log_spec: None,
             web_stats: None,
             control: None,
+            prometheus: None,
             exit_enabled: false,
             backlog: 500,
             config: None,
@@ -185,6 +189,10 @@ pub struct State {
     pub clock: Clock,
     pub totals: Totals,
     pub listener: Option<Listener>,
+    /// The control socket (`-C`) and the Prometheus listener, with their open sessions.
+    pub control: Option<Listener>,
+    pub metrics: Option<Listener>,
+    pub sessions: Slab<Session>,
     /// Set once the loop runs: from then on `listen` rebinds at once.
     pub registry: Option<Registry>,
     /// Connects in flight (`pending_max`).
@@ -224,6 +232,9 @@ impl State {
             clock: Clock::read(),
             totals: Totals::default(),
             listener: None,
+            control: None,
+            metrics: None,
+            sessions: Slab::new(),
             registry: None,
             pending_connects: 0,
             accept_paused: false,

@@ -78,6 +78,20 @@ impl State {
                 s.web_stats = Some(PathBuf::from(&f));
                 line(&f)
             }
+            Command::Prometheus(None) => s.prometheus.as_deref().map(line).unwrap_or_default(),
+            Command::Prometheus(Some(spec)) => {
+                if self.registry.is_some() {
+                    return err("prometheus: set the metrics listener at startup (-O or -F)");
+                }
+                common::addr::ListenSpec::parse(&spec, common::addr::Proto::Tcp)
+                    .map_err(|e| ExecError(format!("prometheus: {e}")))?;
+                s.prometheus = Some(spec.clone());
+                line(&spec)
+            }
+            Command::NoPrometheus => {
+                s.prometheus = None;
+                String::new()
+            }
             Command::NoWebStats => {
                 s.web_stats = None;
                 String::new()
@@ -261,7 +275,10 @@ impl State {
     /// `listen SPEC`: before the loop runs, remember it; afterwards bind the new listener
     /// first and swap only on success, so a bad spec never leaves pen deaf (§13.2 #31).
     fn listen(&mut self, spec: String) -> Reply {
-        if let Some(reg) = &self.registry {
+        // Re-reading a config on HUP must not rebind an unchanged listener.
+        let same =
+            self.settings.listen.as_deref() == Some(spec.as_str()) && self.listener.is_some();
+        if let (Some(reg), false) = (&self.registry, same) {
             let mut new = Listener::bind(&spec, self.settings.backlog, self.settings.tcp_nodelay)
                 .map_err(ExecError)?;
             if let Some(mut old) = self.listener.take() {

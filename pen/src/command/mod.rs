@@ -55,6 +55,10 @@ pub enum Command {
     Close(Option<i64>),
     Pid,
     Control,
+    /// `prometheus [ADDR:]PORT` / `no prometheus`: the metrics listener (an addition),
+    /// set at startup (`-O` or `-F`); `None` queries.
+    Prometheus(Option<String>),
+    NoPrometheus,
     /// `stats`: machine-readable counters, one `key value` per line (an addition).
     Stats,
     /// `write [FILE]`.

@@ -229,6 +229,7 @@ pub fn parse_line(line: &str) -> Result<Command, ParseError> {
         "listen" => Command::Listen(args.next_string()),
         "log" => Command::Log(args.next_string()),
         "web_stats" => Command::WebStats(args.next_string()),
+        "prometheus" => Command::Prometheus(args.next_string()),
         "write" => Command::Write(args.next_string()),
         "source" => Command::Source(args.required("address")?.to_string()),
         "include" => Command::Include(args.required("file name")?.to_string()),
@@ -375,6 +376,7 @@ fn no(mut args: Args<'_>) -> Result<Command, ParseError> {
     Ok(match what {
         "log" => Command::NoLog,
         "web_stats" => Command::NoWebStats,
+        "prometheus" => Command::NoPrometheus,
         "source" => Command::NoSource,
         "acl" => {
             // The original dereferenced a missing N and crashed (control.md §3.5).

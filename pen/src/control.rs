@@ -1,0 +1,318 @@
+//! The control socket (control.md §1): one command line in, the reply out, then close.
+//!
+//! Unlike the original, which read the command with a blocking `recv` inside the event
+//! loop (so one silent client froze all traffic: §13.2 #5), sessions here are
+//! non-blocking: the line is bounded (4095 bytes), the whole session has a deadline, and
+//! a slow reader of a large reply only delays itself. The same machinery serves the
+//! optional Prometheus listener, which answers any HTTP request with the metrics.
+
+use std::io::{ErrorKind, Read, Write};
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Registry, Token};
+
+use crate::clients::Peer;
+use crate::conn::stream::Stream;
+use crate::listener::Listener;
+
+/// Longest command line (the original's buffer was 4096 bytes with the NUL).
+pub const MAX_LINE: usize = 4095;
+/// A session must finish within this time.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// A line without a newline is taken as complete after this much quiet (the original ran
+/// whatever one `recv` returned, so `mode` without a newline worked).
+pub const QUIET: Duration = Duration::from_millis(200);
+
+/// Tokens of control sessions start here, far above connection tokens.
+pub const FIRST_SESSION_TOKEN: usize = 1 << 40;
+
+/// What a session serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A control command.
+    Control,
+    /// A Prometheus scrape: any request gets the metrics.
+    Metrics,
+}
+
+/// One control or metrics connection.
+#[derive(Debug)]
+pub struct Session {
+    pub kind: Kind,
+    pub stream: Stream,
+    /// The request bytes so far (at most MAX_LINE + 1).
+    input: Vec<u8>,
+    /// The reply and how much of it was written; `None` while reading.
+    output: Option<(Vec<u8>, usize)>,
+    /// When the session is cut off.
+    pub deadline: Instant,
+    /// When the last bytes arrived.
+    pub last_input: Instant,
+    /// The peer sent EOF.
+    eof: bool,
+}
+
+/// What a session needs next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Waiting for more input or for the socket to take output.
+    Wait,
+    /// A complete request line (control) or request (metrics): answer it.
+    Request(Result<String, String>),
+    /// Done or failed: close it.
+    Close,
+}
+
+impl Session {
+    pub fn new(kind: Kind, stream: Stream, now: Instant) -> Session {
+        Session {
+            kind,
+            stream,
+            input: Vec::new(),
+            output: None,
+            deadline: now + SESSION_TIMEOUT,
+            last_input: now,
+            eof: false,
+        }
+    }
+
+    /// Reads what is available; returns the request once it is complete.
+    pub fn on_readable(&mut self, now: Instant) -> Step {
+        if self.output.is_some() {
+            return Step::Wait;
+        }
+        let mut buf = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.last_input = now;
+                    let room = (MAX_LINE + 1).saturating_sub(self.input.len());
+                    self.input.extend_from_slice(&buf[..n.min(room)]);
+                    if self.line_end().is_some() || self.input.len() > MAX_LINE {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Step::Close,
+            }
+        }
+        self.request(false)
+    }
+
+    /// Called when the quiet period or the deadline passes.
+    pub fn on_timer(&mut self, now: Instant) -> Step {
+        if now >= self.deadline {
+            return Step::Close;
+        }
+        if self.output.is_none() && !self.input.is_empty() && now >= self.last_input + QUIET {
+            return self.request(true);
+        }
+        Step::Wait
+    }
+
+    /// The next time this session needs a look.
+    pub fn next_timer(&self) -> Instant {
+        if self.output.is_none() && !self.input.is_empty() {
+            self.deadline.min(self.last_input + QUIET)
+        } else {
+            self.deadline
+        }
+    }
+
+    fn line_end(&self) -> Option<usize> {
+        match self.kind {
+            Kind::Control => self.input.iter().position(|&b| b == b'\n' || b == b'\r'),
+            // An HTTP request head ends with a blank line; the first line is enough.
+            Kind::Metrics => self.input.iter().position(|&b| b == b'\n'),
+        }
+    }
+
+    /// Turns the input into a request when it is complete (a line end, EOF, too long, or
+    /// `quiet` after some input).
+    fn request(&mut self, quiet: bool) -> Step {
+        if let Some(end) = self.line_end() {
+            return Step::Request(self.text(end));
+        }
+        if self.input.len() > MAX_LINE {
+            return Step::Request(Err(format!("command line too long (max {MAX_LINE} bytes)")));
+        }
+        if self.eof || quiet {
+            if self.input.is_empty() {
+                return Step::Close;
+            }
+            return Step::Request(self.text(self.input.len()));
+        }
+        Step::Wait
+    }
+
+    fn text(&self, end: usize) -> Result<String, String> {
+        match std::str::from_utf8(&self.input[..end]) {
+            Ok(s) => Ok(s.to_string()),
+            Err(e) => Err(format!(
+                "command is not valid UTF-8 (byte {})",
+                e.valid_up_to()
+            )),
+        }
+    }
+
+    /// Starts sending `reply`; returns whether the session is finished.
+    pub fn reply(&mut self, reply: Vec<u8>) -> Step {
+        self.output = Some((reply, 0));
+        self.on_writable()
+    }
+
+    /// Writes what the socket takes; closes once all is written.
+    pub fn on_writable(&mut self) -> Step {
+        let Some((out, pos)) = self.output.as_mut() else {
+            return Step::Wait;
+        };
+        while *pos < out.len() {
+            match self.stream.write(&out[*pos..]) {
+                Ok(0) => return Step::Close,
+                Ok(n) => *pos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Step::Close,
+            }
+        }
+        Step::Close
+    }
+}
+
+/// Binds the control socket for `spec` (control.md §1.1). A Unix socket is created with
+/// owner-only permissions (the original used the umask).
+pub fn bind(spec: &str, backlog: i32) -> Result<Listener, String> {
+    if !spec.contains('/') {
+        return Listener::bind(spec, backlog, false);
+    }
+    // SAFETY: umask only changes this process's file creation mask; restored below.
+    let old = unsafe { libc::umask(0o177) };
+    let r = Listener::bind(spec, backlog, false);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    r
+}
+
+/// The HTTP response to a Prometheus scrape (text exposition format 0.0.4).
+pub fn metrics_response(state: &crate::state::State) -> Vec<u8> {
+    let body = metrics_body(state);
+    let mut out = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// Registers a session with its token.
+pub fn register(reg: &Registry, s: &mut Session, key: usize) -> std::io::Result<()> {
+    reg.register(
+        &mut s.stream,
+        Token(FIRST_SESSION_TOKEN + key),
+        Interest::READABLE | Interest::WRITABLE,
+    )
+}
+
+/// The peer of an accepted control connection, for `control_acl`.
+pub fn accept(l: &Listener) -> std::io::Result<(Stream, Peer)> {
+    l.accept()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn pair() -> (Session, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let s = Session::new(
+            Kind::Control,
+            Stream::Unix(mio::net::UnixStream::from_std(a)),
+            Instant::now(),
+        );
+        (s, b)
+    }
+
+    #[test]
+    fn a_line_is_a_request_and_the_rest_is_ignored() {
+        let (mut s, mut peer) = pair();
+        peer.write_all(b"pid\ndebug\n").unwrap();
+        assert_eq!(
+            s.on_readable(Instant::now()),
+            Step::Request(Ok("pid".into()))
+        );
+        let (mut s, mut peer) = pair();
+        peer.write_all(b"mode\r\n").unwrap();
+        assert_eq!(
+            s.on_readable(Instant::now()),
+            Step::Request(Ok("mode".into()))
+        );
+    }
+
+    #[test]
+    fn partial_lines_wait_then_run_after_quiet_or_eof() {
+        let (mut s, mut peer) = pair();
+        let t0 = Instant::now();
+        peer.write_all(b"mo").unwrap();
+        assert_eq!(s.on_readable(t0), Step::Wait);
+        assert_eq!(s.on_timer(t0 + QUIET / 2), Step::Wait);
+        assert_eq!(s.on_timer(t0 + QUIET), Step::Request(Ok("mo".into())));
+        let (mut s, mut peer) = pair();
+        peer.write_all(b"mode").unwrap();
+        drop(peer);
+        assert_eq!(
+            s.on_readable(Instant::now()),
+            Step::Request(Ok("mode".into()))
+        );
+    }
+
+    #[test]
+    fn bad_input_gets_an_error_not_a_crash() {
+        let (mut s, mut peer) = pair();
+        peer.write_all(&vec![b'x'; 5000]).unwrap();
+        let step = s.on_readable(Instant::now());
+        assert!(
+            matches!(step, Step::Request(Err(ref e)) if e.contains("too long")),
+            "{step:?}"
+        );
+        let (mut s, mut peer) = pair();
+        peer.write_all(b"\xff\xfe\n").unwrap();
+        assert!(matches!(
+            s.on_readable(Instant::now()),
+            Step::Request(Err(_))
+        ));
+    }
+
+    #[test]
+    fn silent_clients_are_cut_off() {
+        let (mut s, _peer) = pair();
+        let t0 = Instant::now();
+        assert_eq!(s.on_readable(t0), Step::Wait);
+        assert_eq!(s.on_timer(t0 + SESSION_TIMEOUT), Step::Close);
+        let (mut s, peer) = pair();
+        drop(peer);
+        assert_eq!(s.on_readable(t0), Step::Close);
+    }
+
+    #[test]
+    fn replies_are_written_then_closed() {
+        let (mut s, mut peer) = pair();
+        assert_eq!(s.reply(b"42\n".to_vec()), Step::Close);
+        let mut got = [0u8; 3];
+        std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+        assert_eq!(&got, b"42\n");
+    }
+}
+
+/// Placeholder until `stats::prometheus` lands (same commit series).
+fn metrics_body(state: &crate::state::State) -> String {
+    format!("pen_connections_active {}\n", state.live_conns())
+}
