@@ -5,6 +5,7 @@
 pub mod exec;
 pub mod file;
 pub mod parse;
+pub mod write;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
