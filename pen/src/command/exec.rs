@@ -180,8 +180,15 @@ impl State {
                 common::diag::level() as i64
             }
             IntSetting::ClientsMax => {
-                if let Some(v) = v.and_then(|v| usize::try_from(v).ok()) {
-                    self.clients.grow(v); // grows only (control.md §3.1)
+                if let Some(v) = v.and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0) {
+                    if self.registry.is_none() {
+                        // Before the loop runs (`-c`, startup `-O`/`-F`) no client exists
+                        // yet and this is the table size, smaller too: `-c 2` evicts after
+                        // two clients (pen.md §2.1, §4.2).
+                        self.clients = crate::clients::Clients::new(v);
+                    } else {
+                        self.clients.grow(v); // grows only at run time (control.md §3.1)
+                    }
                 }
                 self.clients.capacity() as i64
             }
