@@ -16,6 +16,9 @@ use common::net::Endpoint;
 /// How deep `include` may nest (the original did not detect recursion).
 const MAX_INCLUDE_DEPTH: usize = 16;
 
+/// Highest server slot count `server N` may create (the original had no bound).
+const SERVERS_MAX: usize = 65536;
+
 /// A command that could not be applied; the text is the one-line reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecError(pub String);
@@ -303,14 +306,15 @@ impl State {
     }
 
     fn server(&mut self, n: usize, sets: Vec<ServerSet>) -> Reply {
-        let count = self.servers.list.len();
-        if n > count {
-            return err(format!(
-                "server {n} out of range: there are {count} servers; add them in order"
-            ));
+        // N ≥ count grows the table to N + 1 with empty slots (control.md §3.3), which are
+        // never selected (pen.md §13.2 #12). This is how `-O "server 1 acl 2"` works before
+        // the positional servers exist (pen.md §2.2). The bound keeps a typo from
+        // allocating gigabytes.
+        if n >= SERVERS_MAX {
+            return err(format!("server {n} out of range (0..{})", SERVERS_MAX - 1));
         }
-        if n == count {
-            self.servers.list.push(Server::new(None));
+        if n >= self.servers.list.len() {
+            self.servers.list.resize(n + 1, Server::new(None));
         }
         let now = self.clock.wall;
         let blacklist = self.settings.blacklist;
