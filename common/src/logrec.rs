@@ -126,8 +126,36 @@ fn record_fields(i: &[u8]) -> IResult<&[u8], (&[u8], &[u8], &[u8])> {
 
 /// Parses an IP literal, reading IPv4-mapped IPv6 as IPv4.
 pub fn ip(token: &[u8]) -> Option<IpAddr> {
+    if let Some(v4) = dotted_quad(token) {
+        return Some(IpAddr::V4(v4));
+    }
     let text = std::str::from_utf8(token).ok()?;
     text.parse::<IpAddr>().ok().map(|a| a.to_canonical())
+}
+
+/// A fast path for the usual case, a plain dotted quad (penlogd parses one per record):
+/// four decimal numbers 0..=255 of 1 to 3 digits without leading zeros.
+fn dotted_quad(token: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = token.split(|&b| b == b'.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || (p.len() > 1 && p[0] == b'0') {
+            return None;
+        }
+        let mut n = 0u16;
+        for &d in p {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            n = n * 10 + u16::from(d - b'0');
+        }
+        *o = u8::try_from(n).ok()?;
+    }
+    match parts.next() {
+        Some(_) => None,
+        None => Some(octets.into()),
+    }
 }
 
 /// Why a datagram starting with `+` is not a usable record.
@@ -319,6 +347,16 @@ mod tests {
         assert_eq!(r.client, "10.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(r.server, "127.0.0.2".parse::<IpAddr>().unwrap());
         assert_eq!(r.to_string(), "+ 10.0.0.1 127.0.0.2 GET /");
+    }
+
+    #[test]
+    fn ip_literals() {
+        for good in ["0.0.0.0", "1.2.3.4", "255.255.255.255", "::1", "2001:db8::5"] {
+            assert_eq!(ip(good.as_bytes()), Some(good.parse().unwrap()), "{good}");
+        }
+        for bad in ["256.1.1.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "1..2.3", "", "a.b.c.d", "1.2.3.4 "] {
+            assert_eq!(ip(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     #[test]

@@ -116,8 +116,7 @@ impl Join {
             let (key, len) = ip_key(from);
             if let Some(client) = self.matcher.take(&key[..len], req, now) {
                 self.stats.matched += 1;
-                // Writing into a Vec cannot fail.
-                let _ = write!(out, "{client}");
+                write_ip(out, client);
                 out.extend_from_slice(&line[host_end..]);
                 out.push(b'\n');
                 return;
@@ -126,6 +125,31 @@ impl Join {
         self.stats.unmatched += 1;
         out.extend_from_slice(line);
         out.push(b'\n');
+    }
+}
+
+/// Appends `ip` as text; IPv4, by far the usual case, without the formatting machinery
+/// (it was a tenth of the daemon's own time per line).
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) => {
+            for (i, o) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if o >= 100 {
+                    out.push(b'0' + o / 100);
+                }
+                if o >= 10 {
+                    out.push(b'0' + o / 10 % 10);
+                }
+                out.push(b'0' + o % 10);
+            }
+        }
+        // Writing into a Vec cannot fail.
+        IpAddr::V6(a) => {
+            let _ = write!(out, "{a}");
+        }
     }
 }
 
@@ -191,6 +215,15 @@ mod tests {
             (s.received, s.records, s.lines, s.matched, s.unmatched),
             (6, 2, 4, 2, 2)
         );
+    }
+
+    #[test]
+    fn ip_text() {
+        for a in ["0.0.0.0", "1.2.3.4", "10.100.255.9", "255.255.255.255", "2001:db8::5", "::1"] {
+            let mut out = Vec::new();
+            write_ip(&mut out, ip(a));
+            assert_eq!(out, a.as_bytes());
+        }
     }
 
     #[test]

@@ -397,3 +397,110 @@ pub fn dead_addr() -> SocketAddr {
 pub fn lo(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, n)
 }
+
+// ---- Added for pen_relay / pen_process: starting pen through a wrapper (prlimit, sh). ----
+
+impl Proc {
+    /// Starts `program` (a wrapper such as `prlimit`, looked up in PATH) with `args`, stdin
+    /// closed, output collected like [`Proc::start`]. With a wrapper that `exec`s its
+    /// command, [`Proc::pid`] is the pid of the wrapped program.
+    pub fn start_program(program: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program} {args:?}: {e}"));
+        let output = Arc::new(Mutex::new(String::new()));
+        let prefix = format!("[{program} {}]", child.id());
+        if let Some(out) = child.stdout.take() {
+            collect(out, prefix.clone(), output.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            collect(err, prefix, output.clone());
+        }
+        let mut argv = vec![program.to_string()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        Proc {
+            child,
+            argv,
+            output,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Logging suite helpers (penlog, penlogd), added for tests/e2e/logging.rs.
+// ---------------------------------------------------------------------------------------
+
+/// Starts `penlogd -f -d ARGS... PORT` on a free UDP port of `listen` (127.0.0.1 or ::1),
+/// waits until it reports that it listens, and returns it with its address. Retries with
+/// another port if the first one was taken meanwhile.
+pub fn start_penlogd(listen: &str, args: &[&str]) -> (Proc, SocketAddr) {
+    for _ in 0..5 {
+        let port = UdpSocket::bind(format!("{}:0", bracket(listen))).unwrap().local_addr().unwrap().port();
+        let port_s = port.to_string();
+        let mut argv = vec!["-f", "-d", "-L", listen];
+        argv.extend_from_slice(args);
+        argv.push(&port_s);
+        let mut p = Proc::start("penlogd", &argv);
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if p.output().contains("listening on") {
+                let addr = format!("{}:{port}", bracket(listen)).parse().unwrap();
+                return (p, addr);
+            }
+            if let Some(st) = p.child.try_wait().unwrap() {
+                let out = p.output();
+                if out.contains("in use") {
+                    break;
+                }
+                panic!("penlogd {argv:?} exited with {st}:\n{out}");
+            }
+            assert!(Instant::now() < end, "penlogd {argv:?} did not start:\n{}", p.output());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("could not find a free UDP port for penlogd");
+}
+
+fn bracket(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+/// A UDP socket bound to `ip:0` (e.g. 127.0.0.2, to pose as a web server or as pen).
+pub fn udp_from(ip: &str) -> UdpSocket {
+    UdpSocket::bind(format!("{}:0", bracket(ip))).unwrap()
+}
+
+/// penlogd's counters as reported on stderr (`received N datagrams: ...`), by name.
+pub fn penlogd_counts(line: &str) -> std::collections::HashMap<String, u64> {
+    let mut m = std::collections::HashMap::new();
+    let words: Vec<&str> = line.split(|c: char| c == ' ' || c == '(' || c == ')' || c == ',' || c == ':').filter(|w| !w.is_empty()).collect();
+    for w in words.windows(2) {
+        if let Ok(n) = w[0].parse::<u64>() {
+            m.insert(w[1].to_string(), n);
+        }
+    }
+    if let Some(pos) = words.iter().position(|w| *w == "received") {
+        if let Some(n) = words.get(pos + 1).and_then(|w| w.parse().ok()) {
+            m.insert("received".to_string(), n);
+        }
+    }
+    m
+}
+
+/// Sends USR1 to penlogd and returns the counters of the report it prints.
+pub fn penlogd_report(p: &Proc) -> std::collections::HashMap<String, u64> {
+    let before = p.output().matches("received ").count();
+    p.signal(libc::SIGUSR1);
+    wait_until("penlogd's USR1 report", || p.output().matches("received ").count() > before);
+    let out = p.output();
+    let line = out.lines().filter(|l| l.contains("received ")).last().unwrap_or_default().to_string();
+    penlogd_counts(&line)
+}

@@ -1,0 +1,112 @@
+//! penlogd's command line: exit codes, one-line errors, daemonising with a readiness
+//! report, and the merge mode's file handling.
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn penlogd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_penlogd"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run penlogd")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("penlogd-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn usage_errors_exit_1_on_stderr() {
+    for args in [
+        &[][..],
+        &["0"],
+        &["106536"],
+        &["notaport"],
+        &["1", "2"],
+        &["-n", "0", "9"],
+        &["-q", "9"],
+        &["-r", "1M", "9"],
+    ] {
+        let o = penlogd(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{args:?}: usage must not go to stdout");
+        assert!(!stderr(&o).is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn help_exits_0() {
+    let o = penlogd(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--merge"));
+}
+
+#[test]
+fn startup_errors_are_one_line() {
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let free = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    for (args, want) in [
+        (vec!["-f", "-L", "127.0.0.1", &port], format!("penlogd: can't bind 127.0.0.1:{port}:")),
+        (
+            vec!["-f", "-L", "127.0.0.1", "-l", "/nonexistent/dir/x.log", &free],
+            "penlogd: can't open '/nonexistent/dir/x.log':".into(),
+        ),
+        (vec!["-f", "-L", "127.0.0.1", "-u", "no-such-user-x", &free], "penlogd: unknown user 'no-such-user-x'".into()),
+        (vec!["-f", "-j", "/nonexistent/jail", "-L", "127.0.0.1", &free], "penlogd: can't chroot to '/nonexistent/jail'".into()),
+        // Without -f the parent waits for the child's verdict and reports it.
+        (vec!["-L", "127.0.0.1", "-l", "/nonexistent/dir/x.log", &free], "penlogd: can't open '/nonexistent/dir/x.log':".into()),
+    ] {
+        let o = penlogd(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.starts_with(&want), "{args:?}: {e}");
+        assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+    }
+}
+
+#[test]
+fn daemonises_writes_pidfile_and_removes_it_on_term() {
+    let dir = temp("daemon");
+    let pidfile = dir.join("penlogd.pid");
+    let log = dir.join("out.log");
+    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let o = penlogd(&["-L", "127.0.0.1", "-p", pidfile.to_str().unwrap(), "-l", log.to_str().unwrap(), &port]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().parse().unwrap();
+    let tx = UdpSocket::bind("127.0.0.2:0").unwrap();
+    tx.send_to(b"a line\n", format!("127.0.0.1:{port}")).unwrap();
+    wait_for("the line", || std::fs::read_to_string(&log).unwrap_or_default() == "a line\n");
+    // SAFETY: signalling the daemon we started, by the pid it wrote.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    wait_for("pidfile removal", || !pidfile.exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn merge_errors() {
+    let o = penlogd(&["--merge", "/nonexistent/pen.log", "10.0.0.1:/nonexistent/web.log"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), "penlogd: can't open '/nonexistent/pen.log': No such file or directory (os error 2)\n");
+    let o = penlogd(&["--merge", "p", "nocolon"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("bad server 'nocolon'"), "{}", stderr(&o));
+}
