@@ -34,10 +34,11 @@ impl Pending {
     }
 }
 
-/// A free list of buffers, bounded so that a burst does not pin memory for ever.
+/// A free list of buffers, bounded so that a burst does not pin memory for ever. A
+/// pending buffer is boxed so that a connection without one pays a single pointer.
 #[derive(Debug, Default)]
 pub struct BufPool {
-    free: Vec<Vec<u8>>,
+    free: Vec<Box<Pending>>,
 }
 
 /// Buffers kept for reuse at most.
@@ -45,17 +46,23 @@ const KEEP: usize = 256;
 
 impl BufPool {
     /// A pending buffer holding a copy of `data`.
-    pub fn take(&mut self, data: &[u8]) -> Pending {
-        let mut buf = self.free.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK));
-        buf.clear();
-        buf.extend_from_slice(data);
-        Pending { buf, start: 0 }
+    pub fn take(&mut self, data: &[u8]) -> Box<Pending> {
+        let mut p = self.free.pop().unwrap_or_else(|| {
+            Box::new(Pending {
+                buf: Vec::with_capacity(CHUNK),
+                start: 0,
+            })
+        });
+        p.buf.clear();
+        p.buf.extend_from_slice(data);
+        p.start = 0;
+        p
     }
 
     /// Returns a drained (or abandoned) buffer to the pool.
-    pub fn give(&mut self, p: Pending) {
+    pub fn give(&mut self, p: Box<Pending>) {
         if self.free.len() < KEEP && p.buf.capacity() <= 4 * CHUNK {
-            self.free.push(p.buf);
+            self.free.push(p);
         }
     }
 }

@@ -136,6 +136,9 @@ impl State {
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             half.readable = true;
         }
+        if ev.is_read_closed() || ev.is_error() {
+            half.read_closed = true;
+        }
         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
             half.writable = true;
         }
@@ -188,7 +191,7 @@ impl State {
             conn.last_active = self.clock.now;
             conn.up_bytes += up;
             conn.down_bytes += down;
-            let c = self.clients.get_mut(conn.client_slot);
+            let c = self.clients.get_mut(conn.client_slot as usize);
             c.crx += up;
             c.csx += down;
             if let Some(srv) = conn.server.and_then(|s| self.servers.get_mut(s)) {

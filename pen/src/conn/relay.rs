@@ -197,7 +197,8 @@ enum Got {
 
 /// Reads one chunk. A short read means the socket was drained: with edge-triggered epoll
 /// any later data raises a new event, so the readiness is cleared without the extra
-/// `read` that would only return EAGAIN (tokio does the same).
+/// `read` that would only return EAGAIN (tokio does the same). Not so once the peer's FIN
+/// was reported: its edge is spent, so keep reading until the EOF itself.
 fn read_chunk(src: &mut Half, buf: &mut [u8]) -> io::Result<Got> {
     loop {
         match src.stream.read(buf) {
@@ -207,7 +208,7 @@ fn read_chunk(src: &mut Half, buf: &mut [u8]) -> io::Result<Got> {
                 return Ok(Got::Eof);
             }
             Ok(n) => {
-                if n < buf.len() {
+                if n < buf.len() && !src.read_closed {
                     src.readable = false;
                 }
                 return Ok(Got::Data(n));
