@@ -196,10 +196,16 @@ impl State {
                 self.clients.capacity() as i64
             }
             IntSetting::ConnMax => {
-                if let Some(v) = v.and_then(|v| usize::try_from(v).ok()) {
-                    // Grow only, as the original; slots are allocated on demand, so this is
-                    // safe at run time (unlike the original: §13.2 #18).
-                    s.conn_max = s.conn_max.max(v);
+                if let Some(v) = v.and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0) {
+                    if self.registry.is_none() {
+                        // Before the loop runs (`-x`, startup `-O`/`-F`) this is the table
+                        // size, smaller too: `-x 1` serves one connection (pen.md §5.1).
+                        s.conn_max = v;
+                    } else {
+                        // Grow only at run time, as the original; slots are allocated on
+                        // demand, so this is safe (unlike the original: §13.2 #18).
+                        s.conn_max = s.conn_max.max(v);
+                    }
                 }
                 s.conn_max as i64
             }
@@ -438,7 +444,7 @@ impl State {
                 c.state_bits(),
                 c.client.stream.raw_fd(),
                 c.backend.as_ref().map_or(-1, |b| b.stream.raw_fd()),
-                c.client_slot as i64,
+                i64::from(c.client_slot),
                 server_index(c.server),
                 (c.client.pending_len() + c.backend.as_ref().map_or(0, |b| b.pending_len())) as i64,
             ),
