@@ -200,7 +200,7 @@ pub fn bind(spec: &str, backlog: i32) -> Result<Listener, String> {
 
 /// The HTTP response to a Prometheus scrape (text exposition format 0.0.4).
 pub fn metrics_response(state: &crate::state::State) -> Vec<u8> {
-    let body = metrics_body(state);
+    let body = crate::stats::prometheus(state);
     let mut out = format!(
         "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -228,7 +228,6 @@ pub fn accept(l: &Listener) -> std::io::Result<(Stream, Peer)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     fn pair() -> (Session, std::os::unix::net::UnixStream) {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -310,9 +309,4 @@ mod tests {
         std::io::Read::read_exact(&mut peer, &mut got).unwrap();
         assert_eq!(&got, b"42\n");
     }
-}
-
-/// Placeholder until `stats::prometheus` lands (same commit series).
-fn metrics_body(state: &crate::state::State) -> String {
-    format!("pen_connections_active {}\n", state.live_conns())
 }

@@ -144,8 +144,9 @@ fn configure(state: &mut State, s: &Startup) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reads and applies a config file; replies go to stdout. At startup any error is fatal;
-/// on HUP it is reported and the rest of the file still applies.
+/// Reads and applies a config file; replies go to stdout. At startup any error is fatal.
+/// On HUP a file that does not parse is rejected whole (as `nginx -s reload` does) and
+/// a command that fails is reported while the rest of the file still applies.
 fn apply_file(state: &mut State, path: &Path, fatal: bool) -> Result<(), Error> {
     let cmds = match read_file(path) {
         Ok(c) => c,
@@ -299,7 +300,14 @@ fn serve(mut state: State, _s: Startup, mut parts: Parts) -> Result<(), Error> {
                 }
             }
         }
+        /// USR1: rewrite the web stats file if there is one, else print the text stats.
         fn stats(&mut self, state: &mut State) {
+            if let Some(path) = state.settings.web_stats.clone() {
+                if let Err(e) = stats::write_web_stats(state, &path) {
+                    common::diag!("can't write web stats {}: {e}", path.display());
+                }
+                return;
+            }
             for msg in stats::text(state) {
                 common::diag!("{msg}");
             }
@@ -307,5 +315,9 @@ fn serve(mut state: State, _s: Startup, mut parts: Parts) -> Result<(), Error> {
     }
     let r = event_loop::run(&mut state, &mut parts.poll, &mut parts.signals, &mut Host);
     drop(parts.pidfile);
-    r.map_err(|e| Error(format!("event loop: {e}")))
+    r.map_err(|e| {
+        // Once daemonised stderr is /dev/null: make sure this reaches syslog.
+        common::diag!("event loop: {e}");
+        Error(format!("event loop: {e}"))
+    })
 }

@@ -84,6 +84,10 @@ impl State {
             Command::Prometheus(None) => s.prometheus.as_deref().map(line).unwrap_or_default(),
             Command::Prometheus(Some(spec)) => {
                 if self.registry.is_some() {
+                    // A reload repeating the startup line changes nothing.
+                    if s.prometheus.as_deref() == Some(spec.as_str()) {
+                        return Ok(line(&spec));
+                    }
                     return err("prometheus: set the metrics listener at startup (-O or -F)");
                 }
                 common::addr::ListenSpec::parse(&spec, common::addr::Proto::Tcp)
@@ -93,6 +97,7 @@ impl State {
             }
             Command::NoPrometheus => {
                 s.prometheus = None;
+                self.metrics = None; // closing the socket also leaves the poll set
                 String::new()
             }
             Command::NoWebStats => {
@@ -132,9 +137,16 @@ impl State {
             Command::Close(n) => return self.close_cmd(n.unwrap_or(0)),
             Command::Pid => line(&std::process::id().to_string()),
             Command::Control => s.control.as_deref().map(line).unwrap_or_default(),
-            Command::Status => return err("Unable to create webstats"),
-            Command::Stats => return err("stats: not implemented yet"),
-            Command::Write(_) => return err("write: not implemented yet"),
+            Command::Status => return Ok(self.status()),
+            Command::Stats => crate::stats::counters(self),
+            Command::Write(file) => {
+                let Some(path) = file.map(PathBuf::from).or_else(|| s.config.clone()) else {
+                    return err("write: no file given and no -F file to overwrite");
+                };
+                super::write::write_config(self, &path)
+                    .map_err(|e| ExecError(format!("write {}: {e}", path.display())))?;
+                String::new()
+            }
             Command::Include(file) => return self.include(&file, depth),
             Command::Exit => {
                 if !s.exit_enabled {
@@ -371,15 +383,23 @@ impl State {
         Ok(String::new())
     }
 
+    /// `status` (control.md §3.5): regenerate the web stats file and send it back. Without
+    /// a web stats file the reply is the original's.
+    pub fn status(&self) -> String {
+        let Some(path) = self.settings.web_stats.clone() else {
+            return "Unable to create webstats\n".into();
+        };
+        if crate::stats::write_web_stats(self, &path).is_err() {
+            return "Unable to create webstats\n".into();
+        }
+        std::fs::read_to_string(&path).unwrap_or_else(|_| "Can't read webstats\n".into())
+    }
+
     /// `servers` (control.md §3.3).
     fn servers_reply(&self) -> String {
         let mut out = String::new();
         for (i, s) in self.servers.list.iter().enumerate() {
-            let addr = match &s.endpoint {
-                Some(Endpoint::Inet(a)) => a.ip().to_string(),
-                Some(Endpoint::Unix(p)) => p.display().to_string(),
-                None => "(unknown address family 0".to_string(),
-            };
+            let addr = crate::stats::server_addr(s);
             let _ = writeln!(
                 out,
                 "{i} addr {addr} port {} conn {} max {} hard {} weight {} prio {} sx {} rx {}",
@@ -445,7 +465,7 @@ impl State {
                 c.client.stream.raw_fd(),
                 c.backend.as_ref().map_or(-1, |b| b.stream.raw_fd()),
                 i64::from(c.client_slot),
-                server_index(c.server),
+                crate::stats::server_index(c.server),
                 (c.client.pending_len() + c.backend.as_ref().map_or(0, |b| b.pending_len())) as i64,
             ),
             None => (0, -1, -1, -1, -1, 0),
@@ -506,15 +526,6 @@ fn acl_index(v: i64) -> Result<u8, ExecError> {
         .ok()
         .filter(|&n| n <= 9)
         .ok_or_else(|| ExecError(format!("acl {v} out of range (0..9)")))
-}
-
-fn server_index(s: Option<ServerRef>) -> i64 {
-    match s {
-        Some(ServerRef::Index(i)) => i as i64,
-        Some(ServerRef::Emergency) => -1,
-        Some(ServerRef::Abuse) => -2,
-        None => -3,
-    }
 }
 
 /// `server N address A`: a path, or a host resolved now, keeping the port.
