@@ -71,7 +71,14 @@ impl Batch {
                 h
             })
             .collect();
-        Batch { heads, tails, joined: Vec::new(), iov, names, hdrs }
+        Batch {
+            heads,
+            tails,
+            joined: Vec::new(),
+            iov,
+            names,
+            hdrs,
+        }
     }
 
     /// Receives what is queued, up to [`SLOTS`] datagrams, without waiting. Returns the
@@ -110,8 +117,10 @@ impl Batch {
             return (&self.heads[i * HEAD..i * HEAD + len], from, cut);
         }
         self.joined.clear();
-        self.joined.extend_from_slice(&self.heads[i * HEAD..(i + 1) * HEAD]);
-        self.joined.extend_from_slice(&self.tails[i * TAIL..i * TAIL + len - HEAD]);
+        self.joined
+            .extend_from_slice(&self.heads[i * HEAD..(i + 1) * HEAD]);
+        self.joined
+            .extend_from_slice(&self.tails[i * TAIL..i * TAIL + len - HEAD]);
         (&self.joined, from, cut)
     }
 }
@@ -128,7 +137,9 @@ fn source(ss: &libc::sockaddr_storage) -> Option<IpAddr> {
             // SAFETY: the family says the storage holds a sockaddr_in.
             let sin =
                 unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6.
@@ -195,6 +206,9 @@ mod tests {
         assert_eq!(got[3].0, &long[..HEAD]);
         assert_eq!(got[4].0, &long[..HEAD + 1]);
         assert_eq!(kernel_drops(rx.as_raw_fd()), Some(0));
-        assert_eq!(batch.recv(rx.as_raw_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            batch.recv(rx.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 }

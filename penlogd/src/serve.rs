@@ -252,8 +252,15 @@ fn bind(cfg: &DaemonConfig) -> Result<Socket, Error> {
 
 /// Sleeps for `t` unless a signal arrives (the socket is not watched: see COALESCE).
 fn nap(signals: RawFd, t: Duration) {
-    let mut fds = [libc::pollfd { fd: signals, events: libc::POLLIN, revents: 0 }];
-    let ts = libc::timespec { tv_sec: 0, tv_nsec: t.subsec_nanos() as libc::c_long };
+    let mut fds = [libc::pollfd {
+        fd: signals,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    };
     // SAFETY: valid pollfd array and timespec; a null sigmask leaves the mask unchanged.
     unsafe { libc::ppoll(fds.as_mut_ptr(), 1, &ts, std::ptr::null()) };
 }

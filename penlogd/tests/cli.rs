@@ -63,17 +63,41 @@ fn help_exits_0() {
 fn startup_errors_are_one_line() {
     let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let free = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let free = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
     for (args, want) in [
-        (vec!["-f", "-L", "127.0.0.1", &port], format!("penlogd: can't bind 127.0.0.1:{port}:")),
         (
-            vec!["-f", "-L", "127.0.0.1", "-l", "/nonexistent/dir/x.log", &free],
+            vec!["-f", "-L", "127.0.0.1", &port],
+            format!("penlogd: can't bind 127.0.0.1:{port}:"),
+        ),
+        (
+            vec![
+                "-f",
+                "-L",
+                "127.0.0.1",
+                "-l",
+                "/nonexistent/dir/x.log",
+                &free,
+            ],
             "penlogd: can't open '/nonexistent/dir/x.log':".into(),
         ),
-        (vec!["-f", "-L", "127.0.0.1", "-u", "no-such-user-x", &free], "penlogd: unknown user 'no-such-user-x'".into()),
-        (vec!["-f", "-j", "/nonexistent/jail", "-L", "127.0.0.1", &free], "penlogd: can't chroot to '/nonexistent/jail'".into()),
+        (
+            vec!["-f", "-L", "127.0.0.1", "-u", "no-such-user-x", &free],
+            "penlogd: unknown user 'no-such-user-x'".into(),
+        ),
+        (
+            vec!["-f", "-j", "/nonexistent/jail", "-L", "127.0.0.1", &free],
+            "penlogd: can't chroot to '/nonexistent/jail'".into(),
+        ),
         // Without -f the parent waits for the child's verdict and reports it.
-        (vec!["-L", "127.0.0.1", "-l", "/nonexistent/dir/x.log", &free], "penlogd: can't open '/nonexistent/dir/x.log':".into()),
+        (
+            vec!["-L", "127.0.0.1", "-l", "/nonexistent/dir/x.log", &free],
+            "penlogd: can't open '/nonexistent/dir/x.log':".into(),
+        ),
     ] {
         let o = penlogd(&args);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
@@ -88,13 +112,29 @@ fn daemonises_writes_pidfile_and_removes_it_on_term() {
     let dir = temp("daemon");
     let pidfile = dir.join("penlogd.pid");
     let log = dir.join("out.log");
-    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
-    let o = penlogd(&["-L", "127.0.0.1", "-p", pidfile.to_str().unwrap(), "-l", log.to_str().unwrap(), &port]);
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let o = penlogd(&[
+        "-L",
+        "127.0.0.1",
+        "-p",
+        pidfile.to_str().unwrap(),
+        "-l",
+        log.to_str().unwrap(),
+        &port,
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().parse().unwrap();
     let tx = UdpSocket::bind("127.0.0.2:0").unwrap();
-    tx.send_to(b"a line\n", format!("127.0.0.1:{port}")).unwrap();
-    wait_for("the line", || std::fs::read_to_string(&log).unwrap_or_default() == "a line\n");
+    tx.send_to(b"a line\n", format!("127.0.0.1:{port}"))
+        .unwrap();
+    wait_for("the line", || {
+        std::fs::read_to_string(&log).unwrap_or_default() == "a line\n"
+    });
     // SAFETY: signalling the daemon we started, by the pid it wrote.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     wait_for("pidfile removal", || !pidfile.exists());
@@ -103,10 +143,21 @@ fn daemonises_writes_pidfile_and_removes_it_on_term() {
 
 #[test]
 fn merge_errors() {
-    let o = penlogd(&["--merge", "/nonexistent/pen.log", "10.0.0.1:/nonexistent/web.log"]);
+    let o = penlogd(&[
+        "--merge",
+        "/nonexistent/pen.log",
+        "10.0.0.1:/nonexistent/web.log",
+    ]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(stderr(&o), "penlogd: can't open '/nonexistent/pen.log': No such file or directory (os error 2)\n");
+    assert_eq!(
+        stderr(&o),
+        "penlogd: can't open '/nonexistent/pen.log': No such file or directory (os error 2)\n"
+    );
     let o = penlogd(&["--merge", "p", "nocolon"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("bad server 'nocolon'"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("bad server 'nocolon'"),
+        "{}",
+        stderr(&o)
+    );
 }
