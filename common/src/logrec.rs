@@ -113,7 +113,10 @@ fn token(i: &[u8]) -> IResult<&[u8], &[u8]> {
     take_till1(|b| is_blank(b) || b == b'\n').parse(i)
 }
 
-fn record_fields(i: &[u8]) -> IResult<&[u8], (&[u8], &[u8], &[u8])> {
+/// (client, server, request) tokens of a record.
+type RecordFields<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+fn record_fields(i: &[u8]) -> IResult<&[u8], RecordFields<'_>> {
     let (i, _) = tag(&b"+"[..]).parse(i)?;
     let (i, _) = space0(i)?;
     let (i, client) = token(i)?;

@@ -128,22 +128,19 @@ fn merge(
         Matcher::new(usize::MAX, Some(jitter * 1000), FILE_REQUEST_MAX);
     let mut stats = MergeStats::default();
     let mut pen_line = Vec::new();
-    // The next pen line, read ahead: (time in seconds, server key, client, request).
-    let mut next_pen: Option<(i64, Vec<u8>, Rc<str>, Vec<u8>)> = None;
+    // The next pen line, read ahead.
+    let mut next_pen: Option<PenEntry> = None;
     let mut pen_done = false;
     let mut key = Vec::new();
     let mut lost = Vec::new();
     for s in &mut sources {
         s.advance()?;
     }
-    loop {
-        // The source with the oldest current line; ties go to the earlier argument.
-        let Some(idx) = (0..sources.len())
-            .filter(|&i| !sources[i].done)
-            .min_by_key(|&i| sources[i].time)
-        else {
-            break;
-        };
+    // The source with the oldest current line; ties go to the earlier argument.
+    while let Some(idx) = (0..sources.len())
+        .filter(|&i| !sources[i].done)
+        .min_by_key(|&i| sources[i].time)
+    {
         let t = sources[idx].time;
         // Read pen lines up to t + jitter into the matcher.
         loop {
@@ -152,9 +149,9 @@ fn merge(
                 pen_done = next_pen.is_none();
             }
             match &next_pen {
-                Some((pt, ..)) if *pt <= t.saturating_add(jitter) => {
-                    if let Some((pt, server, client, req)) = next_pen.take() {
-                        matcher.record(&server, &req, client, pt * 1000);
+                Some(e) if e.time <= t.saturating_add(jitter) => {
+                    if let Some(e) = next_pen.take() {
+                        matcher.record(&e.server, &e.request, e.client, e.time * 1000);
                     }
                 }
                 _ => break,
@@ -188,13 +185,22 @@ fn merge(
     Ok(stats)
 }
 
-/// Reads the next parseable pen line as (time − offset, server key, client, request).
+/// One line of pen's local log, ready for the matcher.
+struct PenEntry {
+    /// Epoch seconds minus the offset.
+    time: i64,
+    server: Vec<u8>,
+    client: Rc<str>,
+    request: Vec<u8>,
+}
+
+/// Reads the next parseable pen line.
 fn read_pen(
     pen: &mut dyn BufRead,
     buf: &mut Vec<u8>,
     cfg: &MergeConfig,
     stats: &mut MergeStats,
-) -> Result<Option<(i64, Vec<u8>, Rc<str>, Vec<u8>)>, Error> {
+) -> Result<Option<PenEntry>, Error> {
     loop {
         buf.clear();
         if pen
@@ -207,13 +213,12 @@ fn read_pen(
         match FileLine::parse(buf) {
             Some(l) => {
                 stats.pen_lines += 1;
-                let t = l.epoch.saturating_sub(cfg.offset);
-                return Ok(Some((
-                    t,
-                    server_key(l.server),
-                    Rc::from(l.client),
-                    l.request.to_vec(),
-                )));
+                return Ok(Some(PenEntry {
+                    time: l.epoch.saturating_sub(cfg.offset),
+                    server: server_key(l.server),
+                    client: Rc::from(l.client),
+                    request: l.request.to_vec(),
+                }));
             }
             None => {
                 stats.pen_bad += 1;

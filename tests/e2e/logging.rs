@@ -87,10 +87,7 @@ fn terminate(mut d: Proc) -> HashMap<String, u64> {
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(DEADLINE), Some(0), "{}", d.output());
     let out = d.output();
-    let last = out
-        .lines()
-        .filter(|l| l.contains("exiting: received"))
-        .last();
+    let last = out.lines().rfind(|l| l.contains("exiting: received"));
     penlogd_counts(last.unwrap_or_else(|| panic!("no exit report:\n{out}")))
 }
 
@@ -212,17 +209,17 @@ fn burst_of_100k_pairs_is_accounted_for() {
     for i in 0..N {
         rec.clear();
         line.clear();
-        write!(
+        writeln!(
             rec,
-            "+ 10.{}.{}.{} 127.0.0.2 GET /p/{i} HTTP/1.1\n",
+            "+ 10.{}.{}.{} 127.0.0.2 GET /p/{i} HTTP/1.1",
             i >> 16,
             (i >> 8) & 255,
             i & 255
         )
         .unwrap();
-        write!(
+        writeln!(
             line,
-            "127.0.0.2 - - [21/Nov/2026:04:00:00 +0000] \"GET /p/{i} HTTP/1.1\" 200 {i}\n"
+            "127.0.0.2 - - [21/Nov/2026:04:00:00 +0000] \"GET /p/{i} HTTP/1.1\" 200 {i}"
         )
         .unwrap();
         pen.send(&rec).unwrap();

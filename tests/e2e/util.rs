@@ -439,7 +439,11 @@ impl Proc {
 /// another port if the first one was taken meanwhile.
 pub fn start_penlogd(listen: &str, args: &[&str]) -> (Proc, SocketAddr) {
     for _ in 0..5 {
-        let port = UdpSocket::bind(format!("{}:0", bracket(listen))).unwrap().local_addr().unwrap().port();
+        let port = UdpSocket::bind(format!("{}:0", bracket(listen)))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let port_s = port.to_string();
         let mut argv = vec!["-f", "-d", "-L", listen];
         argv.extend_from_slice(args);
@@ -458,7 +462,11 @@ pub fn start_penlogd(listen: &str, args: &[&str]) -> (Proc, SocketAddr) {
                 }
                 panic!("penlogd {argv:?} exited with {st}:\n{out}");
             }
-            assert!(Instant::now() < end, "penlogd {argv:?} did not start:\n{}", p.output());
+            assert!(
+                Instant::now() < end,
+                "penlogd {argv:?} did not start:\n{}",
+                p.output()
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -481,7 +489,10 @@ pub fn udp_from(ip: &str) -> UdpSocket {
 /// penlogd's counters as reported on stderr (`received N datagrams: ...`), by name.
 pub fn penlogd_counts(line: &str) -> std::collections::HashMap<String, u64> {
     let mut m = std::collections::HashMap::new();
-    let words: Vec<&str> = line.split(|c: char| c == ' ' || c == '(' || c == ')' || c == ',' || c == ':').filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = line
+        .split([' ', '(', ')', ',', ':'])
+        .filter(|w| !w.is_empty())
+        .collect();
     for w in words.windows(2) {
         if let Ok(n) = w[0].parse::<u64>() {
             m.insert(w[1].to_string(), n);
@@ -499,8 +510,14 @@ pub fn penlogd_counts(line: &str) -> std::collections::HashMap<String, u64> {
 pub fn penlogd_report(p: &Proc) -> std::collections::HashMap<String, u64> {
     let before = p.output().matches("received ").count();
     p.signal(libc::SIGUSR1);
-    wait_until("penlogd's USR1 report", || p.output().matches("received ").count() > before);
+    wait_until("penlogd's USR1 report", || {
+        p.output().matches("received ").count() > before
+    });
     let out = p.output();
-    let line = out.lines().filter(|l| l.contains("received ")).last().unwrap_or_default().to_string();
+    let line = out
+        .lines()
+        .rfind(|l| l.contains("received "))
+        .unwrap_or_default()
+        .to_string();
     penlogd_counts(&line)
 }
