@@ -246,28 +246,15 @@ impl State {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => {
-                    if self.accept_retry_logged() {
-                        common::diag!("accepting connections again");
-                    }
-                    self.new_conn(stream, peer);
-                }
+                Ok((stream, peer)) => self.new_conn(stream, peer),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.accept_more = false;
                     return;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if out_of_resources(&e) => {
-                    // Out of descriptors or memory: leave the client in the backlog, keep
-                    // serving the others, retry shortly. Logged once per episode.
-                    if !self.emfile {
-                        common::diag!(
-                            "can't accept: {e}; {} connections open, retrying",
-                            self.live_conns()
-                        );
-                        self.emfile = true;
-                    }
-                    self.accept_retry = Some(self.clock.now + Duration::from_millis(100));
+                    // Leave the client in the backlog, keep serving the others.
+                    self.exhausted("can't accept", &e);
                     return;
                 }
                 Err(e) => common::debug!(1, "accept: {e}"),
@@ -275,8 +262,24 @@ impl State {
         }
     }
 
-    fn accept_retry_logged(&mut self) -> bool {
-        std::mem::take(&mut self.emfile)
+    /// Out of descriptors or memory, on accept or on a backend socket: stop accepting and
+    /// retry shortly. Logged once per episode, which ends when a backend socket opens.
+    pub fn exhausted(&mut self, what: &str, e: &io::Error) {
+        if !self.emfile {
+            common::diag!(
+                "{what}: {e}; {} connections open, retrying",
+                self.live_conns()
+            );
+            self.emfile = true;
+        }
+        self.accept_retry = Some(self.clock.now + Duration::from_millis(100));
+    }
+
+    /// A backend socket opened: an out-of-descriptors episode, if any, is over.
+    pub fn resources_back(&mut self) {
+        if std::mem::take(&mut self.emfile) {
+            common::diag!("accepting connections again");
+        }
     }
 
     fn pause_listener(&mut self) {
@@ -425,7 +428,8 @@ impl State {
     }
 }
 
-fn out_of_resources(e: &io::Error) -> bool {
+/// Errors that mean pen itself is short of descriptors or memory (not a server failure).
+pub fn out_of_resources(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)

@@ -104,7 +104,17 @@ impl State {
             };
             match self.open_backend(&ep, &conn.peer) {
                 Ok(stream) => {
+                    self.resources_back();
                     self.start_connect(key, s, stream, fo);
+                    return;
+                }
+                Err(e) if crate::event_loop::out_of_resources(&e) => {
+                    // Our own shortage, not the server's fault: blacklisting it would refuse
+                    // every client for the blacklist time. Refuse this one and pause
+                    // accepting, as when accept() itself runs out.
+                    self.exhausted("can't open a server socket", &e);
+                    self.totals.refused += 1;
+                    self.close(key);
                     return;
                 }
                 Err(e) => {
