@@ -61,10 +61,14 @@ impl Readiness {
         }
     }
 
-    /// Startup failed: the parent prints `msg` on its stderr and exits 1.
+    /// Startup failed: the parent prints `msg` on its stderr and exits 1. The child's
+    /// stdio is detached too, so that its own report of the error (main prints it) does
+    /// not reach the caller a second time.
     pub fn fail(mut self, msg: &str) {
         if let Some(mut pipe) = self.pipe.take() {
             let _ = pipe.write_all(msg.as_bytes());
+            drop(pipe);
+            detach_stdio();
         }
     }
 }
