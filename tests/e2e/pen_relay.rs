@@ -728,7 +728,7 @@ fn broken_connections_affect_only_themselves() {
     request(&mut good, &mut gr, "/before");
     // Random bytes are not HTTP: forwarded unchanged, both ways.
     let junk = noise(200_000, 7);
-    let mut g = connect_from("127.0.0.3", haddr);
+    let g = connect_from("127.0.0.3", haddr);
     let mut gr2 = BufReader::new(g.try_clone().unwrap());
     assert_eq!(line_of(&mut gr2), "echo\n");
     let j = junk.clone();
