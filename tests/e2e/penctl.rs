@@ -1,1 +1,554 @@
-//! (in progress)
+//! Runtime control end to end (control.md; pen.md §9): the real pen with a control socket
+//! (`-C`) driven by the real penctl over IPv4, IPv6 and a Unix socket; every command of
+//! the control language, live `server N …` and `listen` changes, `-F` files and HUP, the
+//! `write` round trip, the Prometheus listener, the captured reply formats, bad input and
+//! `control_acl`.
+//!
+//! Tests run as root in CI, and pen will not open a control socket as root without `-u`
+//! (control.md §1.1), so pen is started with `-u nobody` when we are root; every directory
+//! it writes in is therefore world-writable (mode 0777).
+//!
+//! pen is ready when `penctl pid` answers with its pid: the control socket is bound after
+//! the listener, so this also proves the listener is there, and unlike a probe connection
+//! to the listener it is not a client (it would show up in `recent` and take a slot).
+
+use std::collections::HashMap;
+use std::fs::{self, Permissions};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::{self, hello_from, which_from, NameServer, Proc, DEADLINE};
+
+// ---- harness ----
+
+/// Where pen's control socket is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ctl {
+    /// `127.0.0.1:P`.
+    V4,
+    /// `::1:P` (the original's last-colon split).
+    V6,
+    /// `DIR/ctl.sock`.
+    Unix,
+}
+
+/// A running pen with a control socket.
+struct Pen {
+    proc: Proc,
+    /// The listen address, `127.0.0.1:P`; the listen spec is its text.
+    addr: SocketAddr,
+    /// The `-C` spec, which is also penctl's target.
+    ctl: String,
+    /// The port that replaced `{port2}` in the options (0 if none did).
+    port2: u16,
+    dir: PathBuf,
+}
+
+/// A test directory pen (running as nobody) may write in.
+fn test_dir(test: &str) -> PathBuf {
+    let d = util::temp_dir(test);
+    fs::set_permissions(&d, Permissions::from_mode(0o777)).unwrap();
+    d
+}
+
+fn as_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
+/// Whether ::1 can be bound here (IPv6 parts are skipped otherwise).
+fn ipv6() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
+fn free_port6() -> u16 {
+    TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Pen {
+    /// Starts `pen -f [-u nobody] -C CTL OPTS 127.0.0.1:P SERVERS` and waits until it
+    /// answers on the control socket. In `opts`, `{dir}` is the test directory and
+    /// `{port2}` a second free port. Retries with other ports if one was taken meanwhile.
+    fn start(dir: &Path, ctl: Ctl, opts: &[&str], servers: &[String]) -> Pen {
+        let dir_s = dir.display().to_string();
+        for _ in 0..5 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
+            let port2 = util::free_port();
+            let spec = match ctl {
+                Ctl::V4 => format!("127.0.0.1:{}", util::free_port()),
+                Ctl::V6 => format!("::1:{}", free_port6()),
+                Ctl::Unix => format!("{dir_s}/ctl.sock"),
+            };
+            let mut args: Vec<String> = vec!["-f".into()];
+            if as_root() {
+                args.extend(["-u".into(), "nobody".into()]);
+            }
+            args.extend(["-C".into(), spec.clone()]);
+            args.extend(opts.iter().map(|o| {
+                o.replace("{dir}", &dir_s)
+                    .replace("{port2}", &port2.to_string())
+            }));
+            args.push(addr.to_string());
+            args.extend(servers.iter().cloned());
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut proc = Proc::start("pen", &argv);
+            let pid = proc.pid().to_string();
+            let end = Instant::now() + DEADLINE;
+            loop {
+                let (rc, out, _) = util::run("penctl", &[&spec, "pid"]);
+                if rc == 0 && out.trim_end() == pid {
+                    return Pen {
+                        proc,
+                        addr,
+                        ctl: spec,
+                        port2,
+                        dir: dir.to_path_buf(),
+                    };
+                }
+                if proc.child.try_wait().unwrap().is_some() {
+                    let code = proc.wait_exit(DEADLINE);
+                    let out = proc.output();
+                    if out.contains("in use") {
+                        break; // port race: try other ports
+                    }
+                    panic!("{:?} exited with {code:?} before answering:\n{out}", proc.argv);
+                }
+                assert!(
+                    Instant::now() < end,
+                    "{:?} does not answer on {spec}:\n{}",
+                    proc.argv,
+                    proc.output()
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not find free ports for pen");
+    }
+
+    /// Runs `penctl CTL WORDS…` (`line` split on spaces) and returns its stdout; penctl
+    /// must succeed with nothing on stderr.
+    fn cmd(&self, line: &str) -> String {
+        penctl(&self.ctl, line)
+    }
+
+    /// A path in the test directory.
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// A raw connection to the control socket.
+    fn connect_ctl(&self) -> CtlStream {
+        if self.ctl.contains('/') {
+            let s = UnixStream::connect(&self.ctl).unwrap();
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+            s.set_write_timeout(Some(DEADLINE)).unwrap();
+            CtlStream::Unix(s)
+        } else {
+            let (host, port) = self.ctl.rsplit_once(':').unwrap();
+            let ip: std::net::IpAddr = host.parse().unwrap();
+            let s = TcpStream::connect((ip, port.parse::<u16>().unwrap())).unwrap();
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+            s.set_write_timeout(Some(DEADLINE)).unwrap();
+            CtlStream::Tcp(s)
+        }
+    }
+
+    /// Sends `bytes` on a fresh control connection and returns everything read until EOF.
+    fn raw(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut s = self.connect_ctl();
+        s.write_all(bytes).unwrap();
+        read_until_eof(&mut s).0
+    }
+
+    /// The `stats` reply as a map; every line must be exactly `key value`.
+    fn stats(&self) -> HashMap<String, String> {
+        let text = self.cmd("stats");
+        text.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                assert_eq!(f.len(), 2, "stats line {l:?} is not `key value`");
+                (f[0].to_string(), f[1].to_string())
+            })
+            .collect()
+    }
+}
+
+/// `penctl TARGET WORDS…`; asserts exit 0 and an empty stderr.
+fn penctl(target: &str, line: &str) -> String {
+    let mut args = vec![target];
+    args.extend(line.split(' ').filter(|w| !w.is_empty()));
+    let (rc, out, err) = util::run("penctl", &args);
+    assert!(
+        rc == 0 && err.is_empty(),
+        "penctl {args:?}: exit {rc}, stderr {err:?}, stdout {out:?}"
+    );
+    out
+}
+
+/// A control connection over TCP or a Unix socket.
+enum CtlStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl CtlStream {
+    fn try_clone(&self) -> CtlStream {
+        match self {
+            CtlStream::Tcp(s) => CtlStream::Tcp(s.try_clone().unwrap()),
+            CtlStream::Unix(s) => CtlStream::Unix(s.try_clone().unwrap()),
+        }
+    }
+
+    fn set_read_timeout(&self, t: Duration) {
+        match self {
+            CtlStream::Tcp(s) => s.set_read_timeout(Some(t)).unwrap(),
+            CtlStream::Unix(s) => s.set_read_timeout(Some(t)).unwrap(),
+        }
+    }
+}
+
+impl Read for CtlStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            CtlStream::Tcp(s) => s.read(buf),
+            CtlStream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for CtlStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            CtlStream::Tcp(s) => s.write(buf),
+            CtlStream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads until EOF or an error; returns the bytes and the error, if any. A reset after
+/// the reply still leaves the reply in the bytes (Linux queues data before the RST).
+fn read_until_eof(r: &mut impl Read) -> (Vec<u8>, Option<io::Error>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return (got, None),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return (got, Some(e)),
+        }
+    }
+}
+
+/// Writes `msg` on a connection through pen and reads the backend's echo of it.
+fn echo(s: &mut TcpStream, msg: &str) {
+    s.write_all(msg.as_bytes()).unwrap();
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), msg);
+}
+
+/// The backend names that `n` connections from `from` land on, each closed at once.
+fn lands(pen: SocketAddr, from: &str, n: usize) -> Vec<String> {
+    (0..n).map(|_| which_from(from, pen)).collect()
+}
+
+/// A `servers` line (control.md §3.3 format).
+fn server_line(i: usize, addr: &str, port: u16, rest: &str) -> String {
+    format!("{i} addr {addr} port {port} {rest}\n")
+}
+
+/// Writes `text` to `path` atomically (a reader never sees half of it), world-readable.
+fn put_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::set_permissions(&tmp, Permissions::from_mode(0o644)).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// Checks a status page (control.md §3.5) and returns its rows per table.
+fn check_status(html: &str, servers: usize, clients: usize, conns: usize) {
+    let head = "<html>\n<head>\n<title>Pen status page</title>\n</head>\n\
+                <body bgcolor=\"#ffffff\"><h1>Pen status page</h1>\nTime ";
+    assert!(html.starts_with(head), "status page head:\n{html}");
+    let time_line = html[head.len()..].lines().next().unwrap();
+    // `YYYY-MM-DD HH:MM:SS, N servers, K current<p>`
+    let (time, rest) = time_line.split_at(19);
+    assert!(is_local_time(time), "status time {time:?}");
+    assert!(
+        rest.starts_with(&format!(", {servers} servers, ")) && rest.ends_with(" current<p>"),
+        "status header {time_line:?}"
+    );
+    assert!(html.ends_with("</table>\n</body>\n</html>\n"), "status tail:\n{html}");
+    assert!(html.contains("<h2>Active clients</h2>Max number of clients: "));
+    assert!(html.contains("<h2>Active connections</h2>Number of connections: "));
+    // Each table: a head row, then one row per item.
+    assert_eq!(html.matches("<table bgcolor=\"#c0c0c0\">").count(), 3);
+    assert_eq!(html.matches("<tr>\n").count(), 3 + servers + clients + conns);
+    assert_eq!(
+        html.matches("<td bgcolor=\"#80f080\">").count(),
+        11 + 7 + 7,
+        "head cells"
+    );
+    let cells = html.matches("<td>").count();
+    assert_eq!(cells, 11 * servers + 7 * clients + 7 * conns, "data cells");
+}
+
+/// `YYYY-MM-DD HH:MM:SS`.
+fn is_local_time(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() == 19
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            10 => c == b' ',
+            13 | 16 => c == b':',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+/// The numbers in `connection N`'s five-line reply: (state, downfd, upfd, client, server,
+/// pend), after checking the exact layout.
+fn connection_block(reply: &str, n: usize) -> [i64; 6] {
+    let lines: Vec<&str> = reply.lines().collect();
+    assert!(reply.ends_with('\n') && lines.len() == 5, "connection reply {reply:?}");
+    assert_eq!(lines[0], format!("Connection {n}:"));
+    let nums = |line: &str, pattern: &[&str]| -> Vec<i64> {
+        let mut rest = line;
+        let mut out = Vec::new();
+        for (i, p) in pattern.iter().enumerate() {
+            rest = rest
+                .strip_prefix(p)
+                .unwrap_or_else(|| panic!("{line:?}: expected {p:?}"));
+            let end = rest.find(|c: char| c != '-' && !c.is_ascii_digit()).unwrap_or(rest.len());
+            out.push(rest[..end].parse().unwrap_or_else(|_| panic!("number in {line:?}")));
+            rest = &rest[end..];
+            if i + 1 == pattern.len() {
+                assert!(rest.is_empty(), "trailing text in {line:?}");
+            }
+        }
+        out
+    };
+    let st = nums(lines[1], &["state = "]);
+    let fds = nums(lines[2], &["downfd = ", ", upfd = "]);
+    let cs = nums(lines[3], &["client = ", ", server = "]);
+    let pend = nums(lines[4], &["pend = "]);
+    [st[0], fds[0], fds[1], cs[0], cs[1], pend[0]]
+}
+
+// ---- every command over each transport ----
+
+/// Every command of the control language through penctl, with exact replies. pen was
+/// started with `-b 20 -w DIR/web.html -l DIR/pen.log` and servers A, B `:10:20:3:4`.
+fn tour(pen: &Pen, a: &NameServer, b: &NameServer) {
+    let pid = pen.proc.pid();
+    let (pa, pb) = (a.addr.port(), b.addr.port());
+    assert_eq!(pen.cmd("pid"), format!("{pid}\n"));
+    assert_eq!(pen.cmd("control"), format!("{}\n", pen.ctl));
+    assert_eq!(pen.cmd("listen"), format!("{}\n", pen.addr));
+    assert_eq!(
+        pen.cmd("mode"),
+        "no hash no roundrobin no stubborn no weight no prio\n"
+    );
+    let idle0 = "conn 0 max 0 hard 0 weight 0 prio 0 sx 0 rx 0";
+    assert_eq!(
+        pen.cmd("servers"),
+        server_line(0, "127.0.0.1", pa, idle0)
+            + &server_line(1, "127.0.0.1", pb, "conn 0 max 10 hard 20 weight 3 prio 4 sx 0 rx 0")
+    );
+
+    // Settings that reply with their value (control.md §3.1).
+    for (line, reply) in [
+        ("blacklist", "20\n"),
+        ("blacklist 7", "7\n"),
+        ("blacklist", "7\n"),
+        ("timeout", "3\n"),
+        ("timeout 5", "5\n"),
+        ("timeout", "5\n"),
+        ("tracking", "0\n"),
+        ("tracking 60", "60\n"),
+        ("debug", "0\n"),
+        ("debug 2", "2\n"),
+        ("debug 0", "0\n"),
+        ("clients_max", "2048\n"),
+        ("clients_max 10", "2048\n"),
+        ("conn_max", "500\n"),
+        ("conn_max 600", "600\n"),
+        ("conn_max 10", "600\n"),
+        ("client_acl", "0\n"),
+        ("control_acl", "0\n"),
+        ("idlers", "Idlers: 0/0\n"),
+        ("tarpit_acl", "tarpit_acl = -1"),
+        ("idle_timeout", "Idle timeout: 0 seconds\n"),
+    ] {
+        assert_eq!(pen.cmd(line), reply, "penctl {line}");
+    }
+    assert_eq!(pen.cmd("log"), format!("{}\n", pen.path("pen.log")));
+    assert_eq!(pen.cmd("web_stats"), format!("{}\n", pen.path("web.html")));
+
+    // A connection held open: the first client goes to server 1 (pen.md §4.4).
+    let (name, mut held) = hello_from("127.0.0.1", pen.addr);
+    assert_eq!(name, "B");
+    echo(&mut held, "ping\n");
+    let [state, down, up, client, server, pend] = connection_block(&pen.cmd("connection 0"), 0);
+    assert_eq!((state, client, server, pend), (2, 0, 1, 0));
+    // downfd and upfd are pen's descriptors for the client and the backend.
+    let (local, remote) = util::tcp_fd_addrs(pid, down as i32).expect("downfd is a TCP socket");
+    assert_eq!((local, remote), (pen.addr, held.local_addr().unwrap()));
+    let (_, remote) = util::tcp_fd_addrs(pid, up as i32).expect("upfd is a TCP socket");
+    assert_eq!(remote, b.addr);
+    for fd in [down, up] {
+        assert_eq!(
+            pen.cmd(&format!("socket {fd}")),
+            format!("Socket {fd} belongs to connection 0\n")
+        );
+    }
+    assert_eq!(pen.cmd("socket 99999"), "Socket 99999 belongs to connection -1\n");
+    assert_eq!(pen.cmd("connection 600"), "Connection 600 out of range\n");
+    // "B\n" and the echo to the client, "ping\n" from it.
+    assert_eq!(pen.cmd("recent"), "127.0.0.1 connects 1 sx 7 rx 5\n");
+    assert_eq!(pen.cmd("recent 300"), "127.0.0.1 connects 1 sx 7 rx 5\n");
+    assert_eq!(
+        pen.cmd("servers"),
+        server_line(0, "127.0.0.1", pa, idle0)
+            + &server_line(1, "127.0.0.1", pb, "conn 1 max 10 hard 20 weight 3 prio 4 sx 5 rx 7")
+    );
+    let st = pen.stats();
+    for (k, v) in [
+        ("connections_active", "1"),
+        ("connections_accepted_total", "1"),
+        ("clients_tracked", "1"),
+        ("server.0.sent_bytes", "0"),
+        ("server.0.received_bytes", "0"),
+        ("server.1.sent_bytes", "5"),
+        ("server.1.received_bytes", "7"),
+        ("server.1.conns", "1"),
+    ] {
+        assert_eq!(st.get(k).map(String::as_str), Some(v), "stats {k}");
+    }
+
+    // status: the page, also written to the -w file.
+    let html = pen.cmd("status");
+    check_status(&html, 2, 1, 1);
+    assert!(html.contains("Max number of clients: 2048<p>"), "{html}");
+    assert!(html.contains("Number of connections: 600 max, 1 used, 0 last<p>"), "{html}");
+    assert!(html.contains(&format!("<tr>\n<td>0</td>\n<td>{down}</td>\n<td>{up}</td>\n")));
+    assert_eq!(fs::read_to_string(pen.path("web.html")).unwrap(), html);
+
+    // clients_max grows and keeps the clients.
+    assert_eq!(pen.cmd("clients_max 4000"), "4000\n");
+    assert_eq!(pen.cmd("recent"), "127.0.0.1 connects 1 sx 7 rx 5\n");
+
+    // close: the client sees EOF; only live slots can be closed.
+    assert_eq!(pen.cmd("close 0"), "Forcibly closing connection 0\n");
+    let mut buf = [0u8; 16];
+    assert_eq!(held.read(&mut buf).unwrap(), 0, "EOF after close");
+    assert_eq!(connection_block(&pen.cmd("connection 0"), 0)[0], 0);
+    assert_eq!(pen.cmd("close 0"), "connection 0 is not in use\n");
+    assert_eq!(pen.cmd("close 700"), "Connection 700 out of range\n");
+    assert_eq!(pen.stats()["connections_closed_total"], "1");
+
+    // server N KEY VALUE…
+    assert_eq!(pen.cmd("server 0 max 3 hard 4 weight 5 prio 6 acl 2"), "");
+    let line0 = pen.cmd("servers").lines().next().unwrap().to_string();
+    assert_eq!(
+        line0,
+        format!("0 addr 127.0.0.1 port {pa} conn 0 max 3 hard 4 weight 5 prio 6 sx 0 rx 0")
+    );
+    assert_eq!(pen.cmd("server 1 blacklist 5"), "");
+    assert_eq!(pen.stats()["server.1.blacklisted"], "1");
+    assert_eq!(pen.cmd("server 1 blacklist 0"), "");
+    assert_eq!(pen.stats()["server.1.blacklisted"], "0");
+
+    // log and web_stats set new targets.
+    assert_eq!(pen.cmd(&format!("log {}", pen.path("other.log"))), format!("{}\n", pen.path("other.log")));
+    assert_eq!(pen.cmd("log"), format!("{}\n", pen.path("other.log")));
+    assert_eq!(
+        pen.cmd(&format!("web_stats {}", pen.path("other.html"))),
+        format!("{}\n", pen.path("other.html"))
+    );
+    check_status(&pen.cmd("status"), 2, 1, 0);
+    assert!(Path::new(&pen.path("other.html")).exists());
+
+    // include FILE: comments and blank lines skipped, no reply to the client.
+    put_file(
+        &pen.dir.join("inc.cfg"),
+        "# included\n\n   \ntracking 42\nserver 1 max 11\n",
+    );
+    assert_eq!(pen.cmd(&format!("include {}", pen.path("inc.cfg"))), "");
+    assert_eq!(pen.cmd("tracking"), "42\n");
+    assert!(pen.cmd("servers").contains(" max 11 hard 20 "));
+
+    // write FILE.
+    assert_eq!(pen.cmd(&format!("write {}", pen.path("saved.cfg"))), "");
+    let saved = fs::read_to_string(pen.path("saved.cfg")).unwrap();
+    for l in ["blacklist 7\n", "tracking 42\n", "timeout 5\n", "conn_max 600\n"] {
+        assert!(saved.contains(l), "{l:?} missing from written config:\n{saved}");
+    }
+
+    // exit without -X, and an unknown command: pen keeps running.
+    assert_eq!(pen.cmd("exit"), "Exit is not enabled; restart with -X flag\n");
+    assert_eq!(
+        pen.cmd("frobnicate a b"),
+        "do_cmd: ignoring command starting with 'frobnicate'\n"
+    );
+    assert_eq!(pen.cmd("pid"), format!("{pid}\n"));
+    assert_eq!(which_from("127.0.0.1", pen.addr), "B");
+}
+
+fn tour_pen(test: &str, ctl: Ctl) -> (Pen, NameServer, NameServer) {
+    let (a, b) = (NameServer::start("A"), NameServer::start("B"));
+    let dir = test_dir(test);
+    let pen = Pen::start(
+        &dir,
+        ctl,
+        &["-b", "20", "-w", "{dir}/web.html", "-l", "{dir}/pen.log"],
+        &[a.spec(), format!("{}:10:20:3:4", b.spec())],
+    );
+    (pen, a, b)
+}
+
+#[test]
+fn every_command_over_tcp() {
+    let (pen, a, b) = tour_pen("tour-v4", Ctl::V4);
+    tour(&pen, &a, &b);
+    assert!(Path::new(&pen.path("pen.log")).exists(), "-l file opened");
+}
+
+#[test]
+fn every_command_over_ipv6() {
+    if !ipv6() {
+        eprintln!("skipped: ::1 cannot be bound here");
+        return;
+    }
+    let (pen, a, b) = tour_pen("tour-v6", Ctl::V6);
+    assert!(pen.ctl.starts_with("::1:"));
+    tour(&pen, &a, &b);
+    // The bracketed form of the target works too (an addition to the original's penctl).
+    let port = pen.ctl.rsplit_once(':').unwrap().1;
+    let pid = pen.proc.pid();
+    assert_eq!(penctl(&format!("[::1]:{port}"), "pid"), format!("{pid}\n"));
+    assert_eq!(penctl(&format!("[::1]:{port}"), "control"), format!("::1:{port}\n"));
+}
+
+#[test]
+fn every_command_over_a_unix_socket() {
+    let (pen, a, b) = tour_pen("tour-unix", Ctl::Unix);
+    // Owner-only, unlike the original's umask-dependent mode (control.md §1.1).
+    let meta = fs::metadata(&pen.ctl).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    tour(&pen, &a, &b);
+}

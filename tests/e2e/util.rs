@@ -521,3 +521,83 @@ pub fn penlogd_report(p: &Proc) -> std::collections::HashMap<String, u64> {
         .to_string();
     penlogd_counts(&line)
 }
+
+// ---------------------------------------------------------------------------------------
+// Control suite helpers (tests/e2e/penctl.rs): what a process holds open, read from /proc
+// (Linux), so that a test can look at pen's sockets without connecting to them.
+// ---------------------------------------------------------------------------------------
+
+/// The socket inodes among process `pid`'s descriptors, by descriptor number.
+fn socket_inodes(pid: i32) -> Vec<(i32, String)> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let link = std::fs::read_link(e.path()).ok()?;
+            let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some((fd, inode.to_string()))
+        })
+        .collect()
+}
+
+/// An address of /proc/net/tcp{,6}: hex words as the kernel prints them (each 32-bit word in
+/// host byte order), a colon, the port in hex.
+fn proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for i in (0..ip.len()).step_by(8) {
+        let word = u32::from_str_radix(ip.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok()?.into(),
+        16 => <[u8; 16]>::try_from(bytes).ok()?.into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The TCP sockets (IPv4 and IPv6) with their inode, local and remote address, and state
+/// (`0A` is LISTEN, `01` ESTABLISHED).
+fn tcp_table() -> Vec<(String, SocketAddr, SocketAddr, String)> {
+    let mut rows = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(table) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in table.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() <= 9 {
+                continue;
+            }
+            if let (Some(local), Some(remote)) = (proc_addr(f[1]), proc_addr(f[2])) {
+                rows.push((f[9].to_string(), local, remote, f[3].to_string()));
+            }
+        }
+    }
+    rows
+}
+
+/// The TCP addresses process `pid` listens on.
+pub fn tcp_listeners(pid: i32) -> Vec<SocketAddr> {
+    let inodes: Vec<String> = socket_inodes(pid).into_iter().map(|(_, i)| i).collect();
+    let mut found: Vec<SocketAddr> = tcp_table()
+        .into_iter()
+        .filter(|(inode, _, _, st)| st == "0A" && inodes.contains(inode))
+        .map(|(_, local, _, _)| local)
+        .collect();
+    found.sort();
+    found
+}
+
+/// The local and remote address of the TCP socket that is descriptor `fd` of process `pid`.
+pub fn tcp_fd_addrs(pid: i32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
+    let (_, inode) = socket_inodes(pid).into_iter().find(|(f, _)| *f == fd)?;
+    tcp_table()
+        .into_iter()
+        .find(|(i, _, _, _)| *i == inode)
+        .map(|(_, local, remote, _)| (local, remote))
+}
