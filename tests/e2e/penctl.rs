@@ -552,3 +552,155 @@ fn every_command_over_a_unix_socket() {
     assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
     tour(&pen, &a, &b);
 }
+
+// ---- live changes ----
+
+#[test]
+fn server_commands_change_live_servers() {
+    let (a, b, c) = (
+        NameServer::start("A"),
+        NameServer::start("B"),
+        NameServer::start("C"),
+    );
+    let dir = test_dir("server-cmds");
+    let pen = Pen::start(&dir, Ctl::V4, &["-r"], &[a.spec(), b.spec()]);
+    let at = pen.addr;
+    // Round robin starts after the cursor (pen.md §4.4).
+    assert_eq!(lands(at, "127.0.0.2", 4), ["B", "A", "B", "A"]);
+
+    // blacklist T skips the server; 0 clears it.
+    assert_eq!(pen.cmd("server 0 blacklist 5"), "");
+    let st = pen.stats();
+    assert_eq!(st["server.0.blacklisted"], "1");
+    let left: i64 = st["server.0.blacklist_remaining_seconds"].parse().unwrap();
+    assert!((4..=5).contains(&left), "remaining {left}");
+    assert_eq!(lands(at, "127.0.0.2", 4), ["B", "B", "B", "B"]);
+    assert_eq!(pen.cmd("server 0 blacklist 0"), "");
+    assert_eq!(lands(at, "127.0.0.2", 4), ["A", "B", "A", "B"]);
+
+    // port: traffic goes to the new backend at once.
+    assert_eq!(pen.cmd(&format!("server 1 port {}", c.addr.port())), "");
+    assert_eq!(lands(at, "127.0.0.2", 2), ["A", "C"]);
+    let mut second = "C";
+
+    // address (and the family) then port.
+    let d = ipv6().then(|| NameServer::start_on("[::1]:0", "D"));
+    if let Some(d) = &d {
+        let cmd = format!("server 1 address ::1 port {}", d.addr.port());
+        assert_eq!(pen.cmd(&cmd), "");
+        assert!(pen.cmd("servers").contains(&format!("\n1 addr ::1 port {} ", d.addr.port())));
+        assert_eq!(lands(at, "127.0.0.2", 2), ["A", "D"]);
+        second = "D";
+    }
+
+    // acl: server 0 refuses clients its ACL denies; they fail over.
+    assert_eq!(pen.cmd("acl 1 deny 127.0.0.2"), "");
+    assert_eq!(pen.cmd("server 0 acl 1"), "");
+    assert_eq!(lands(at, "127.0.0.2", 4), [second; 4]);
+    assert!(lands(at, "127.0.0.3", 2).contains(&"A".to_string()));
+    assert_eq!(pen.cmd("server 0 acl 0"), "");
+
+    // max/hard: while server 0 holds its one connection, it is skipped.
+    assert_eq!(pen.cmd("server 0 max 1 hard 1"), "");
+    let mut held = Vec::new();
+    while !held.iter().any(|(n, _): &(String, TcpStream)| n == "A") {
+        assert!(held.len() < 3, "never landed on A");
+        held.push(hello_from("127.0.0.3", at));
+    }
+    assert_eq!(lands(at, "127.0.0.2", 4), [second; 4]);
+    drop(held);
+    util::wait_until("server 0 to have no connection", || {
+        pen.stats()["server.0.conns"] == "0"
+    });
+    assert!(lands(at, "127.0.0.2", 2).contains(&"A".to_string()));
+    // No limits below: a connection closed by the client may still count for a moment.
+    assert_eq!(pen.cmd("server 0 max 0 hard 0"), "");
+
+    // weight: only servers with a weight are used in weight mode.
+    assert_eq!(pen.cmd("weight"), "");
+    assert_eq!(pen.cmd("mode"), "no hash roundrobin no stubborn weight no prio\n");
+    assert_eq!(pen.cmd("server 0 weight 1"), "");
+    assert_eq!(lands(at, "127.0.0.2", 3), ["A"; 3]);
+    assert_eq!(pen.cmd("server 0 weight 0 weight 0"), "");
+    assert_eq!(pen.cmd("server 1 weight 2"), "");
+    assert_eq!(lands(at, "127.0.0.2", 3), [second; 3]);
+    assert_eq!(pen.cmd("no weight"), "");
+
+    // prio: the lowest wins.
+    assert_eq!(pen.cmd("prio"), "");
+    assert_eq!(pen.cmd("server 0 prio 1"), "");
+    assert_eq!(pen.cmd("server 1 prio 5"), "");
+    assert_eq!(lands(at, "127.0.0.2", 3), ["A"; 3]);
+    assert_eq!(pen.cmd("server 0 prio 9"), "");
+    assert_eq!(lands(at, "127.0.0.2", 3), [second; 3]);
+    assert_eq!(pen.cmd("mode"), "no hash roundrobin no stubborn no weight prio\n");
+
+    // The table shows every value; rx counts the backend's greeting, "A\n", per connection.
+    let rx = 2 * a.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let want = format!("0 addr 127.0.0.1 port {} conn 0 max 0 hard 0 weight 0 prio 9 sx 0 rx {rx}", a.addr.port());
+    util::wait_until("servers to settle", || {
+        pen.cmd("servers").lines().next() == Some(want.as_str())
+    });
+}
+
+#[test]
+fn listen_rebinds_the_live_listener() {
+    let a = NameServer::start("A");
+    let dir = test_dir("listen");
+    let pen = Pen::start(&dir, Ctl::V4, &[], &[a.spec()]);
+    let old = pen.addr;
+    let (name, mut held) = hello_from("127.0.0.1", old);
+    assert_eq!(name, "A");
+    echo(&mut held, "before\n");
+
+    // listen ADDR:PORT: the new port serves, the old one is closed, the held connection
+    // goes on.
+    let new = rebind(&pen, |p| format!("127.0.0.1:{p}"), util::free_port);
+    assert_eq!(pen.cmd("listen"), format!("{new}\n"));
+    let new: SocketAddr = new.parse().unwrap();
+    assert_eq!(which_from("127.0.0.1", new), "A");
+    let refused = TcpStream::connect(old).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    echo(&mut held, "after\n");
+
+    // A port that is taken: an error line, and the current listener stays.
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = busy.local_addr().unwrap().to_string();
+    let reply = pen.cmd(&format!("listen {spec}"));
+    assert!(
+        reply.ends_with('\n') && reply.lines().count() == 1 && reply.contains("in use"),
+        "{reply:?}"
+    );
+    assert_eq!(pen.cmd("listen"), format!("{new}\n"));
+    assert_eq!(which_from("127.0.0.1", new), "A");
+
+    // listen ::1:PORT (last-colon split, control.md §1.1).
+    if ipv6() {
+        let v6 = rebind(&pen, |p| format!("::1:{p}"), free_port6);
+        let port: u16 = v6.rsplit_once(':').unwrap().1.parse().unwrap();
+        let at = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+        let s = TcpStream::connect(at).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        assert_eq!(line, "A\n");
+        assert_eq!(
+            TcpStream::connect(new).unwrap_err().kind(),
+            ErrorKind::ConnectionRefused
+        );
+    }
+    echo(&mut held, "still\n");
+    assert_eq!(pen.stats()["connections_active"], "1");
+}
+
+/// `listen SPEC` on a free port (retrying if it was taken meanwhile); returns the spec.
+fn rebind(pen: &Pen, spec: impl Fn(u16) -> String, port: impl Fn() -> u16) -> String {
+    for _ in 0..5 {
+        let s = spec(port());
+        let reply = pen.cmd(&format!("listen {s}"));
+        if reply == format!("{s}\n") {
+            return s;
+        }
+        assert!(reply.contains("in use"), "listen {s}: {reply:?}");
+    }
+    panic!("no free port to listen on");
+}
