@@ -704,3 +704,323 @@ fn rebind(pen: &Pen, spec: impl Fn(u16) -> String, port: impl Fn() -> u16) -> St
     }
     panic!("no free port to listen on");
 }
+
+// ---- configuration files ----
+
+#[test]
+fn config_file_then_hup_without_dropping_connections() {
+    let (a, b, c) = (
+        NameServer::start("A"),
+        NameServer::start("B"),
+        NameServer::start("C"),
+    );
+    let dir = test_dir("config-hup");
+    let cfg = dir.join("pen.cfg");
+    put_file(&dir.join("more.cfg"), "timeout 4\n");
+    let pc = c.addr.port();
+    let first = format!(
+        "# pen.cfg: a comment\n\
+         \n\
+         blacklist 9\n   \n\
+         # server 0 is overwritten by the command line at startup (control.md §5.2)\n\
+         server 0 max 5 hard 6\n\
+         server 2 address 127.0.0.1 port {pc} max 2\n\
+         acl 3 deny 10.0.0.1\n\
+         include {}\n\
+         tracking 11\n",
+        dir.join("more.cfg").display()
+    );
+    put_file(&cfg, &first);
+    let pen = Pen::start(
+        &dir,
+        Ctl::V4,
+        &["-b", "4", "-F", "{dir}/pen.cfg"],
+        &[a.spec(), b.spec()],
+    );
+    // The file is read after the command line: its value wins over -b.
+    assert_eq!(pen.cmd("blacklist"), "9\n");
+    assert_eq!(pen.cmd("tracking"), "11\n");
+    assert_eq!(pen.cmd("timeout"), "4\n", "from the included file");
+    let (pa, pb) = (a.addr.port(), b.addr.port());
+    let idle = "conn 0 max 0 hard 0 weight 0 prio 0 sx 0 rx 0";
+    assert_eq!(
+        pen.cmd("servers"),
+        server_line(0, "127.0.0.1", pa, idle)
+            + &server_line(1, "127.0.0.1", pb, idle)
+            + &server_line(2, "127.0.0.1", pc, "conn 0 max 2 hard 0 weight 0 prio 0 sx 0 rx 0")
+    );
+
+    // A connection held across the reload.
+    let (name, mut held) = hello_from("127.0.0.1", pen.addr);
+    assert_eq!(name, "B");
+    echo(&mut held, "before\n");
+
+    put_file(
+        &cfg,
+        &first
+            .replace("blacklist 9", "blacklist 12")
+            .replace("tracking 11", "# tracking removed: it keeps its value\n"),
+    );
+    pen.proc.signal(libc::SIGHUP);
+    util::wait_until("HUP to apply blacklist 12", || pen.cmd("blacklist") == "12\n");
+    assert_eq!(pen.cmd("tracking"), "11\n");
+    // Now the file's server 0 settings apply, and the held connection is still counted.
+    assert_eq!(
+        pen.cmd("servers"),
+        server_line(0, "127.0.0.1", pa, "conn 0 max 5 hard 6 weight 0 prio 0 sx 0 rx 0")
+            + &server_line(1, "127.0.0.1", pb, "conn 1 max 0 hard 0 weight 0 prio 0 sx 7 rx 9")
+            + &server_line(2, "127.0.0.1", pc, "conn 0 max 2 hard 0 weight 0 prio 0 sx 0 rx 0")
+    );
+    echo(&mut held, "after\n");
+    let st = pen.stats();
+    assert_eq!((st["connections_active"].as_str(), st["connections_closed_total"].as_str()), ("1", "0"));
+
+    // A second HUP does not append the file's ACL again (control.md §5.3).
+    pen.proc.signal(libc::SIGHUP);
+    assert_eq!(pen.cmd(&format!("write {}", pen.path("w.cfg"))), "");
+    let written = fs::read_to_string(pen.path("w.cfg")).unwrap();
+    assert_eq!(
+        written.lines().filter(|l| l.starts_with("acl 3 ")).collect::<Vec<_>>(),
+        ["acl 3 deny 10.0.0.1 255.255.255.255"]
+    );
+    echo(&mut held, "still\n");
+}
+
+#[test]
+fn write_then_start_from_the_written_file() {
+    let (a, b, c) = (
+        NameServer::start("A"),
+        NameServer::start("B"),
+        NameServer::start("C"),
+    );
+    let dir = test_dir("write-round-trip");
+    let pc = c.addr.port();
+    let slot2 = format!("server 2 address 127.0.0.1 port {pc} acl 1 max 3");
+    let first = Pen::start(
+        &dir,
+        Ctl::V4,
+        &[
+            "-r", "-h", "-W", "-b", "17", "-T", "30", "-t", "6", "-c", "3000", "-x", "700",
+            "-O", "acl 1 deny 127.0.0.9", "-O", "acl 2 permit ::1/128", "-O", &slot2,
+            "-O", "tcp_fastclose both", "-O", "prio", "-O", "idle_timeout 40",
+        ],
+        &[format!("{}:1:2:3:4", a.spec()), format!("{}:5:6:7:8", b.spec())],
+    );
+    // Live changes are saved too, an empty slot included.
+    assert_eq!(first.cmd("server 1 weight 9"), "");
+    assert_eq!(first.cmd("server 4 max 1"), "");
+    assert_eq!(first.cmd("stubborn"), "");
+    let saved = first.path("saved.cfg");
+    assert_eq!(first.cmd(&format!("write {saved}")), "");
+    let text = fs::read_to_string(&saved).unwrap();
+    assert!(text.contains("\nserver 4 acl 0 max 1 hard 0 weight 0 prio 0\n"), "{text}");
+    fs::set_permissions(&saved, Permissions::from_mode(0o644)).unwrap();
+
+    // Only the listen port (a different one) on the second pen's command line.
+    let second = Pen::start(&dir, Ctl::V4, &["-F", &saved], &[]);
+    assert_ne!(second.addr, first.addr);
+    for q in [
+        "servers", "mode", "blacklist", "tracking", "timeout", "clients_max", "conn_max",
+        "idle_timeout", "client_acl", "control_acl",
+    ] {
+        assert_eq!(second.cmd(q), first.cmd(q), "penctl {q}");
+    }
+    assert_eq!(second.cmd("mode"), "hash roundrobin stubborn weight prio\n");
+    assert!(second.cmd("servers").contains(&format!(
+        "\n2 addr 127.0.0.1 port {pc} conn 0 max 3 hard 0 weight 0 prio 0 sx 0 rx 0\n"
+    )));
+    assert!(second.cmd("servers").ends_with(
+        "\n4 addr (unknown address family 0 port 0 conn 0 max 1 hard 0 weight 0 prio 0 sx 0 rx 0\n"
+    ));
+
+    // `write` with no file overwrites the -F file; apart from the header and the restart
+    // comment (other listen and control ports) it is the same config.
+    assert_eq!(second.cmd("write"), "");
+    let again = fs::read_to_string(&saved).unwrap();
+    let body = |t: &str| t.lines().skip(2).map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(body(&again), body(&text));
+    let comment = again.lines().nth(1).unwrap();
+    assert!(
+        comment.ends_with(&format!(" -F '{saved}' -C {} {}", second.ctl, second.addr)),
+        "{comment}"
+    );
+}
+
+/// control.md §5.4's captured `write` output, with `{…}` for what differs per run.
+const WRITE_CAPTURE: &str = "\
+# Generated by pen {time}
+# pen -f -X -p '{dir}/pen.pid'{user} -F '{dir}/written.cfg' -C {ctl} {listen}
+no acl 0
+no acl 1
+acl 1 permit 127.0.0.1 255.255.255.255
+acl 1 deny 10.0.0.0 255.0.0.0
+no acl 2
+acl 2 permit ::1/128
+acl 2 deny fd00::/8
+no acl 3
+acl 3 permit country SE
+no acl 4
+no acl 5
+no acl 6
+no acl 7
+no acl 8
+no acl 9
+no ascii
+blacklist 20
+client_acl 0
+control_acl 0
+debug 0
+no hash
+no http
+log {dir}/pen.log
+no roundrobin
+server 0 acl 0 address 127.0.0.1 port {pa} max 0 hard 0
+server 1 acl 1 address 127.0.0.1 port {pb} max 10 hard 20
+no stubborn
+tcp_fastclose up
+no tcp_nodelay
+timeout 3
+tracking 0
+web_stats {dir}/web.html
+no weight
+no prio
+";
+
+#[test]
+fn write_emits_the_original_lines_in_the_original_order() {
+    let (a, b) = (NameServer::start("A"), NameServer::start("B"));
+    let dir = test_dir("write-format");
+    put_file(
+        &dir.join("pen.cfg"),
+        &format!(
+            "acl 1 permit 127.0.0.1 255.255.255.255\n\
+             acl 1 deny 10.0.0.0 255.0.0.0\n\
+             acl 2 permit ::1/128\n\
+             acl 2 deny fd00::/8\n\
+             acl 3 permit country SE\n\
+             blacklist 20\n\
+             log {0}/pen.log\n\
+             server 1 acl 1\n\
+             tcp_fastclose up\n\
+             web_stats {0}/web.html\n",
+            dir.display()
+        ),
+    );
+    let pen = Pen::start(
+        &dir,
+        Ctl::V4,
+        &["-X", "-p", "{dir}/pen.pid", "-F", "{dir}/pen.cfg"],
+        &[a.spec(), format!("{}:10:20", b.spec())],
+    );
+    assert_eq!(pen.cmd(&format!("write {}", pen.path("written.cfg"))), "");
+    let got = fs::read_to_string(pen.path("written.cfg")).unwrap();
+    let got: Vec<&str> = got.lines().collect();
+
+    let header = got[0].strip_prefix("# Generated by pen ").expect("header");
+    assert!(is_local_time(header), "{header:?}");
+    // pen's -u comes before -F in the restart comment, as the original's.
+    let user = if as_root() { " -u 'nobody'" } else { "" };
+    let want = WRITE_CAPTURE
+        .replace("{time}", header)
+        .replace("{dir}", &dir.display().to_string())
+        .replace("{user}", user)
+        .replace("{ctl}", &pen.ctl)
+        .replace("{listen}", &pen.addr.to_string())
+        .replace("{pa}", &a.addr.port().to_string())
+        .replace("{pb}", &b.addr.port().to_string());
+    // Our additions (pen/src/command/write.rs): every server line carries its weight and
+    // prio, and a block of settings the original never saved follows its last line.
+    let want: Vec<String> = want
+        .lines()
+        .map(|l| {
+            if l.starts_with("server ") {
+                format!("{l} weight 0 prio 0")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert_eq!(got[..want.len()], want[..]);
+    assert_eq!(
+        got[want.len()..],
+        [
+            "idle_timeout 0",
+            "pending_max 100",
+            "no keepalive",
+            "no transparent",
+            "no source",
+            "multi_accept 100",
+            "conn_max 500",
+            "clients_max 2048",
+        ]
+    );
+}
+
+// ---- exit, Prometheus ----
+
+#[test]
+fn exit_needs_dash_x() {
+    let a = NameServer::start("A");
+    let dir = test_dir("exit");
+    let pen = Pen::start(&dir, Ctl::V4, &["-p", "{dir}/pen.pid"], &[a.spec()]);
+    assert_eq!(pen.cmd("exit"), "Exit is not enabled; restart with -X flag\n");
+    assert_eq!(which_from("127.0.0.1", pen.addr), "A");
+
+    let mut pen = Pen::start(&dir, Ctl::Unix, &["-X", "-p", "{dir}/pen2.pid"], &[a.spec()]);
+    let pidfile = dir.join("pen2.pid");
+    util::wait_for_file(&pidfile);
+    let (_, mut held) = hello_from("127.0.0.1", pen.addr);
+    assert_eq!(pen.cmd("exit"), "");
+    assert_eq!(pen.proc.wait_exit(DEADLINE), Some(0));
+    assert!(!pidfile.exists(), "pidfile removed on exit");
+    let mut buf = [0u8; 8];
+    assert_eq!(held.read(&mut buf).unwrap_or(0), 0, "connections closed on exit");
+}
+
+#[test]
+fn prometheus_metrics_only_when_asked_for() {
+    let a = NameServer::start("A");
+    let dir = test_dir("prometheus");
+    // Off by default: pen listens on its port and its control socket, nothing else.
+    let plain = Pen::start(&dir, Ctl::V4, &[], &[a.spec()]);
+    let ctl: SocketAddr = plain.ctl.parse().unwrap();
+    let mut want = vec![plain.addr, ctl];
+    want.sort();
+    assert_eq!(util::tcp_listeners(plain.proc.pid()), want);
+    assert_eq!(plain.cmd("prometheus"), "");
+
+    let pen = Pen::start(&dir, Ctl::V4, &["-O", "prometheus 127.0.0.1:{port2}"], &[a.spec()]);
+    let metrics = SocketAddr::from(([127, 0, 0, 1], pen.port2));
+    assert_eq!(pen.cmd("prometheus"), format!("{metrics}\n"));
+    assert!(util::tcp_listeners(pen.proc.pid()).contains(&metrics));
+    let (_, mut s) = hello_from("127.0.0.2", pen.addr);
+    echo(&mut s, "12345\n");
+
+    let mut m = TcpStream::connect(metrics).unwrap();
+    m.set_read_timeout(Some(DEADLINE)).unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let (resp, err) = read_until_eof(&mut m);
+    assert!(err.is_none(), "{err:?}");
+    let resp = String::from_utf8(resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP head");
+    let mut head = head.lines();
+    assert_eq!(head.next(), Some("HTTP/1.0 200 OK"));
+    let headers: Vec<&str> = head.collect();
+    assert!(headers.contains(&"Content-Type: text/plain; version=0.0.4"), "{headers:?}");
+    assert!(headers.contains(&format!("Content-Length: {}", body.len()).as_str()));
+    assert!(body.contains("# TYPE pen_connections_accepted_total counter\n"), "{body}");
+    assert!(body.lines().any(|l| l == "pen_connections_accepted_total 1"), "{body}");
+    assert!(body.lines().any(|l| l == "pen_connections_active 1"), "{body}");
+    for l in body.lines() {
+        if let Some(rest) = l.strip_prefix("# ") {
+            assert!(rest.starts_with("HELP pen_") || rest.starts_with("TYPE pen_"), "{l}");
+        } else {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            assert!(name.starts_with("pen_"), "{l}");
+            assert!(value.parse::<f64>().is_ok(), "{l}");
+        }
+    }
+    // Per-server samples carry the server's index and address.
+    let a_sent = format!("{{server=\"0\",address=\"{}\"}} 6", a.addr);
+    assert!(body.lines().any(|l| l.ends_with(&a_sent)), "{body}");
+}
