@@ -220,7 +220,7 @@ fn daemon_mode() {
 fn config_file_applied_and_reread_on_hup() {
     let dir = temp_dir("config");
     let cfg = dir.join("pen.cfg");
-    std::fs::write(&cfg, "http\nblacklist 17\n").unwrap();
+    std::fs::write(&cfg, "http\nblacklist 4117\n").unwrap();
     let ns = NameServer::start("cfg");
     let (pen, addr) = start_pen(&[
         "-f",
@@ -235,10 +235,10 @@ fn config_file_applied_and_reread_on_hup() {
         echoed,
         "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\nX-Forwarded-For: 127.0.0.2\r\n\r\n"
     );
-    std::fs::write(&cfg, "no http\nblacklist 23\n").unwrap();
+    std::fs::write(&cfg, "no http\nblacklist 4233\n").unwrap();
     pen.signal(libc::SIGHUP);
-    // The replies of the file's commands go to stdout: `blacklist 23` answers 23.
-    pen.wait_output("23\n", DEADLINE);
+    // The replies of the file's commands go to stdout: `blacklist 4233` answers 4233.
+    pen.wait_output("4233\n", DEADLINE);
     let (_, echoed) = round_trip(addr, request);
     assert_eq!(echoed, request);
 }
