@@ -120,7 +120,10 @@ impl Pen {
                     if out.contains("in use") {
                         break; // port race: try other ports
                     }
-                    panic!("{:?} exited with {code:?} before answering:\n{out}", proc.argv);
+                    panic!(
+                        "{:?} exited with {code:?} before answering:\n{out}",
+                        proc.argv
+                    );
                 }
                 assert!(
                     Instant::now() < end,
@@ -292,12 +295,18 @@ fn check_status(html: &str, servers: usize, clients: usize, conns: usize) {
         rest.starts_with(&format!(", {servers} servers, ")) && rest.ends_with(" current<p>"),
         "status header {time_line:?}"
     );
-    assert!(html.ends_with("</table>\n</body>\n</html>\n"), "status tail:\n{html}");
+    assert!(
+        html.ends_with("</table>\n</body>\n</html>\n"),
+        "status tail:\n{html}"
+    );
     assert!(html.contains("<h2>Active clients</h2>Max number of clients: "));
     assert!(html.contains("<h2>Active connections</h2>Number of connections: "));
     // Each table: a head row, then one row per item.
     assert_eq!(html.matches("<table bgcolor=\"#c0c0c0\">").count(), 3);
-    assert_eq!(html.matches("<tr>\n").count(), 3 + servers + clients + conns);
+    assert_eq!(
+        html.matches("<tr>\n").count(),
+        3 + servers + clients + conns
+    );
     assert_eq!(
         html.matches("<td bgcolor=\"#80f080\">").count(),
         11 + 7 + 7,
@@ -323,7 +332,10 @@ fn is_local_time(t: &str) -> bool {
 /// pend), after checking the exact layout.
 fn connection_block(reply: &str, n: usize) -> [i64; 6] {
     let lines: Vec<&str> = reply.lines().collect();
-    assert!(reply.ends_with('\n') && lines.len() == 5, "connection reply {reply:?}");
+    assert!(
+        reply.ends_with('\n') && lines.len() == 5,
+        "connection reply {reply:?}"
+    );
     assert_eq!(lines[0], format!("Connection {n}:"));
     let nums = |line: &str, pattern: &[&str]| -> Vec<i64> {
         let mut rest = line;
@@ -332,8 +344,14 @@ fn connection_block(reply: &str, n: usize) -> [i64; 6] {
             rest = rest
                 .strip_prefix(p)
                 .unwrap_or_else(|| panic!("{line:?}: expected {p:?}"));
-            let end = rest.find(|c: char| c != '-' && !c.is_ascii_digit()).unwrap_or(rest.len());
-            out.push(rest[..end].parse().unwrap_or_else(|_| panic!("number in {line:?}")));
+            let end = rest
+                .find(|c: char| c != '-' && !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            out.push(
+                rest[..end]
+                    .parse()
+                    .unwrap_or_else(|_| panic!("number in {line:?}")),
+            );
             rest = &rest[end..];
             if i + 1 == pattern.len() {
                 assert!(rest.is_empty(), "trailing text in {line:?}");
@@ -366,7 +384,12 @@ fn tour(pen: &Pen, a: &NameServer, b: &NameServer) {
     assert_eq!(
         pen.cmd("servers"),
         server_line(0, "127.0.0.1", pa, idle0)
-            + &server_line(1, "127.0.0.1", pb, "conn 0 max 10 hard 20 weight 3 prio 4 sx 0 rx 0")
+            + &server_line(
+                1,
+                "127.0.0.1",
+                pb,
+                "conn 0 max 10 hard 20 weight 3 prio 4 sx 0 rx 0"
+            )
     );
 
     // Settings that reply with their value (control.md §3.1).
@@ -415,7 +438,10 @@ fn tour(pen: &Pen, a: &NameServer, b: &NameServer) {
             format!("Socket {fd} belongs to connection 0\n")
         );
     }
-    assert_eq!(pen.cmd("socket 99999"), "Socket 99999 belongs to connection -1\n");
+    assert_eq!(
+        pen.cmd("socket 99999"),
+        "Socket 99999 belongs to connection -1\n"
+    );
     assert_eq!(pen.cmd("connection 600"), "Connection 600 out of range\n");
     // "B\n" and the echo to the client, "ping\n" from it.
     assert_eq!(pen.cmd("recent"), "127.0.0.1 connects 1 sx 7 rx 5\n");
@@ -423,7 +449,12 @@ fn tour(pen: &Pen, a: &NameServer, b: &NameServer) {
     assert_eq!(
         pen.cmd("servers"),
         server_line(0, "127.0.0.1", pa, idle0)
-            + &server_line(1, "127.0.0.1", pb, "conn 1 max 10 hard 20 weight 3 prio 4 sx 5 rx 7")
+            + &server_line(
+                1,
+                "127.0.0.1",
+                pb,
+                "conn 1 max 10 hard 20 weight 3 prio 4 sx 5 rx 7"
+            )
     );
     let st = pen.stats();
     for (k, v) in [
@@ -443,8 +474,13 @@ fn tour(pen: &Pen, a: &NameServer, b: &NameServer) {
     let html = pen.cmd("status");
     check_status(&html, 2, 1, 1);
     assert!(html.contains("Max number of clients: 2048<p>"), "{html}");
-    assert!(html.contains("Number of connections: 600 max, 1 used, 0 last<p>"), "{html}");
-    assert!(html.contains(&format!("<tr>\n<td>0</td>\n<td>{down}</td>\n<td>{up}</td>\n")));
+    assert!(
+        html.contains("Number of connections: 600 max, 1 used, 0 last<p>"),
+        "{html}"
+    );
+    assert!(html.contains(&format!(
+        "<tr>\n<td>0</td>\n<td>{down}</td>\n<td>{up}</td>\n"
+    )));
     assert_eq!(fs::read_to_string(pen.path("web.html")).unwrap(), html);
 
     // clients_max grows and keeps the clients.
@@ -473,7 +509,10 @@ fn tour(pen: &Pen, a: &NameServer, b: &NameServer) {
     assert_eq!(pen.stats()["server.1.blacklisted"], "0");
 
     // log and web_stats set new targets.
-    assert_eq!(pen.cmd(&format!("log {}", pen.path("other.log"))), format!("{}\n", pen.path("other.log")));
+    assert_eq!(
+        pen.cmd(&format!("log {}", pen.path("other.log"))),
+        format!("{}\n", pen.path("other.log"))
+    );
     assert_eq!(pen.cmd("log"), format!("{}\n", pen.path("other.log")));
     assert_eq!(
         pen.cmd(&format!("web_stats {}", pen.path("other.html"))),
@@ -494,12 +533,23 @@ fn tour(pen: &Pen, a: &NameServer, b: &NameServer) {
     // write FILE.
     assert_eq!(pen.cmd(&format!("write {}", pen.path("saved.cfg"))), "");
     let saved = fs::read_to_string(pen.path("saved.cfg")).unwrap();
-    for l in ["blacklist 7\n", "tracking 42\n", "timeout 5\n", "conn_max 600\n"] {
-        assert!(saved.contains(l), "{l:?} missing from written config:\n{saved}");
+    for l in [
+        "blacklist 7\n",
+        "tracking 42\n",
+        "timeout 5\n",
+        "conn_max 600\n",
+    ] {
+        assert!(
+            saved.contains(l),
+            "{l:?} missing from written config:\n{saved}"
+        );
     }
 
     // exit without -X, and an unknown command: pen keeps running.
-    assert_eq!(pen.cmd("exit"), "Exit is not enabled; restart with -X flag\n");
+    assert_eq!(
+        pen.cmd("exit"),
+        "Exit is not enabled; restart with -X flag\n"
+    );
     assert_eq!(
         pen.cmd("frobnicate a b"),
         "do_cmd: ignoring command starting with 'frobnicate'\n"
@@ -540,7 +590,10 @@ fn every_command_over_ipv6() {
     let port = pen.ctl.rsplit_once(':').unwrap().1;
     let pid = pen.proc.pid();
     assert_eq!(penctl(&format!("[::1]:{port}"), "pid"), format!("{pid}\n"));
-    assert_eq!(penctl(&format!("[::1]:{port}"), "control"), format!("::1:{port}\n"));
+    assert_eq!(
+        penctl(&format!("[::1]:{port}"), "control"),
+        format!("::1:{port}\n")
+    );
 }
 
 #[test]
@@ -588,7 +641,9 @@ fn server_commands_change_live_servers() {
     if let Some(d) = &d {
         let cmd = format!("server 1 address ::1 port {}", d.addr.port());
         assert_eq!(pen.cmd(&cmd), "");
-        assert!(pen.cmd("servers").contains(&format!("\n1 addr ::1 port {} ", d.addr.port())));
+        assert!(pen
+            .cmd("servers")
+            .contains(&format!("\n1 addr ::1 port {} ", d.addr.port())));
         assert_eq!(lands(at, "127.0.0.2", 2), ["A", "D"]);
         second = "D";
     }
@@ -618,7 +673,10 @@ fn server_commands_change_live_servers() {
 
     // weight: only servers with a weight are used in weight mode.
     assert_eq!(pen.cmd("weight"), "");
-    assert_eq!(pen.cmd("mode"), "no hash roundrobin no stubborn weight no prio\n");
+    assert_eq!(
+        pen.cmd("mode"),
+        "no hash roundrobin no stubborn weight no prio\n"
+    );
     assert_eq!(pen.cmd("server 0 weight 1"), "");
     assert_eq!(lands(at, "127.0.0.2", 3), ["A"; 3]);
     assert_eq!(pen.cmd("server 0 weight 0 weight 0"), "");
@@ -633,11 +691,17 @@ fn server_commands_change_live_servers() {
     assert_eq!(lands(at, "127.0.0.2", 3), ["A"; 3]);
     assert_eq!(pen.cmd("server 0 prio 9"), "");
     assert_eq!(lands(at, "127.0.0.2", 3), [second; 3]);
-    assert_eq!(pen.cmd("mode"), "no hash roundrobin no stubborn no weight prio\n");
+    assert_eq!(
+        pen.cmd("mode"),
+        "no hash roundrobin no stubborn no weight prio\n"
+    );
 
     // The table shows every value; rx counts the backend's greeting, "A\n", per connection.
     let rx = 2 * a.accepted.load(std::sync::atomic::Ordering::SeqCst);
-    let want = format!("0 addr 127.0.0.1 port {} conn 0 max 0 hard 0 weight 0 prio 9 sx 0 rx {rx}", a.addr.port());
+    let want = format!(
+        "0 addr 127.0.0.1 port {} conn 0 max 0 hard 0 weight 0 prio 9 sx 0 rx {rx}",
+        a.addr.port()
+    );
     util::wait_until("servers to settle", || {
         pen.cmd("servers").lines().next() == Some(want.as_str())
     });
@@ -747,7 +811,12 @@ fn config_file_then_hup_without_dropping_connections() {
         pen.cmd("servers"),
         server_line(0, "127.0.0.1", pa, idle)
             + &server_line(1, "127.0.0.1", pb, idle)
-            + &server_line(2, "127.0.0.1", pc, "conn 0 max 2 hard 0 weight 0 prio 0 sx 0 rx 0")
+            + &server_line(
+                2,
+                "127.0.0.1",
+                pc,
+                "conn 0 max 2 hard 0 weight 0 prio 0 sx 0 rx 0"
+            )
     );
 
     // A connection held across the reload.
@@ -762,25 +831,49 @@ fn config_file_then_hup_without_dropping_connections() {
             .replace("tracking 11", "# tracking removed: it keeps its value\n"),
     );
     pen.proc.signal(libc::SIGHUP);
-    util::wait_until("HUP to apply blacklist 12", || pen.cmd("blacklist") == "12\n");
+    util::wait_until("HUP to apply blacklist 12", || {
+        pen.cmd("blacklist") == "12\n"
+    });
     assert_eq!(pen.cmd("tracking"), "11\n");
     // Now the file's server 0 settings apply, and the held connection is still counted.
     assert_eq!(
         pen.cmd("servers"),
-        server_line(0, "127.0.0.1", pa, "conn 0 max 5 hard 6 weight 0 prio 0 sx 0 rx 0")
-            + &server_line(1, "127.0.0.1", pb, "conn 1 max 0 hard 0 weight 0 prio 0 sx 7 rx 9")
-            + &server_line(2, "127.0.0.1", pc, "conn 0 max 2 hard 0 weight 0 prio 0 sx 0 rx 0")
+        server_line(
+            0,
+            "127.0.0.1",
+            pa,
+            "conn 0 max 5 hard 6 weight 0 prio 0 sx 0 rx 0"
+        ) + &server_line(
+            1,
+            "127.0.0.1",
+            pb,
+            "conn 1 max 0 hard 0 weight 0 prio 0 sx 7 rx 9"
+        ) + &server_line(
+            2,
+            "127.0.0.1",
+            pc,
+            "conn 0 max 2 hard 0 weight 0 prio 0 sx 0 rx 0"
+        )
     );
     echo(&mut held, "after\n");
     let st = pen.stats();
-    assert_eq!((st["connections_active"].as_str(), st["connections_closed_total"].as_str()), ("1", "0"));
+    assert_eq!(
+        (
+            st["connections_active"].as_str(),
+            st["connections_closed_total"].as_str()
+        ),
+        ("1", "0")
+    );
 
     // A second HUP does not append the file's ACL again (control.md §5.3).
     pen.proc.signal(libc::SIGHUP);
     assert_eq!(pen.cmd(&format!("write {}", pen.path("w.cfg"))), "");
     let written = fs::read_to_string(pen.path("w.cfg")).unwrap();
     assert_eq!(
-        written.lines().filter(|l| l.starts_with("acl 3 ")).collect::<Vec<_>>(),
+        written
+            .lines()
+            .filter(|l| l.starts_with("acl 3 "))
+            .collect::<Vec<_>>(),
         ["acl 3 deny 10.0.0.1 255.255.255.255"]
     );
     echo(&mut held, "still\n");
@@ -800,11 +893,36 @@ fn write_then_start_from_the_written_file() {
         &dir,
         Ctl::V4,
         &[
-            "-r", "-h", "-W", "-b", "17", "-T", "30", "-t", "6", "-c", "3000", "-x", "700",
-            "-O", "acl 1 deny 127.0.0.9", "-O", "acl 2 permit ::1/128", "-O", &slot2,
-            "-O", "tcp_fastclose both", "-O", "prio", "-O", "idle_timeout 40",
+            "-r",
+            "-h",
+            "-W",
+            "-b",
+            "17",
+            "-T",
+            "30",
+            "-t",
+            "6",
+            "-c",
+            "3000",
+            "-x",
+            "700",
+            "-O",
+            "acl 1 deny 127.0.0.9",
+            "-O",
+            "acl 2 permit ::1/128",
+            "-O",
+            &slot2,
+            "-O",
+            "tcp_fastclose both",
+            "-O",
+            "prio",
+            "-O",
+            "idle_timeout 40",
         ],
-        &[format!("{}:1:2:3:4", a.spec()), format!("{}:5:6:7:8", b.spec())],
+        &[
+            format!("{}:1:2:3:4", a.spec()),
+            format!("{}:5:6:7:8", b.spec()),
+        ],
     );
     // Live changes are saved too, an empty slot included.
     assert_eq!(first.cmd("server 1 weight 9"), "");
@@ -813,15 +931,26 @@ fn write_then_start_from_the_written_file() {
     let saved = first.path("saved.cfg");
     assert_eq!(first.cmd(&format!("write {saved}")), "");
     let text = fs::read_to_string(&saved).unwrap();
-    assert!(text.contains("\nserver 4 acl 0 max 1 hard 0 weight 0 prio 0\n"), "{text}");
+    assert!(
+        text.contains("\nserver 4 acl 0 max 1 hard 0 weight 0 prio 0\n"),
+        "{text}"
+    );
     fs::set_permissions(&saved, Permissions::from_mode(0o644)).unwrap();
 
     // Only the listen port (a different one) on the second pen's command line.
     let second = Pen::start(&dir, Ctl::V4, &["-F", &saved], &[]);
     assert_ne!(second.addr, first.addr);
     for q in [
-        "servers", "mode", "blacklist", "tracking", "timeout", "clients_max", "conn_max",
-        "idle_timeout", "client_acl", "control_acl",
+        "servers",
+        "mode",
+        "blacklist",
+        "tracking",
+        "timeout",
+        "clients_max",
+        "conn_max",
+        "idle_timeout",
+        "client_acl",
+        "control_acl",
     ] {
         assert_eq!(second.cmd(q), first.cmd(q), "penctl {q}");
     }
@@ -963,10 +1092,18 @@ fn exit_needs_dash_x() {
     let a = NameServer::start("A");
     let dir = test_dir("exit");
     let pen = Pen::start(&dir, Ctl::V4, &["-p", "{dir}/pen.pid"], &[a.spec()]);
-    assert_eq!(pen.cmd("exit"), "Exit is not enabled; restart with -X flag\n");
+    assert_eq!(
+        pen.cmd("exit"),
+        "Exit is not enabled; restart with -X flag\n"
+    );
     assert_eq!(which_from("127.0.0.1", pen.addr), "A");
 
-    let mut pen = Pen::start(&dir, Ctl::Unix, &["-X", "-p", "{dir}/pen2.pid"], &[a.spec()]);
+    let mut pen = Pen::start(
+        &dir,
+        Ctl::Unix,
+        &["-X", "-p", "{dir}/pen2.pid"],
+        &[a.spec()],
+    );
     let pidfile = dir.join("pen2.pid");
     util::wait_for_file(&pidfile);
     let (_, mut held) = hello_from("127.0.0.1", pen.addr);
@@ -974,7 +1111,11 @@ fn exit_needs_dash_x() {
     assert_eq!(pen.proc.wait_exit(DEADLINE), Some(0));
     assert!(!pidfile.exists(), "pidfile removed on exit");
     let mut buf = [0u8; 8];
-    assert_eq!(held.read(&mut buf).unwrap_or(0), 0, "connections closed on exit");
+    assert_eq!(
+        held.read(&mut buf).unwrap_or(0),
+        0,
+        "connections closed on exit"
+    );
 }
 
 #[test]
@@ -989,7 +1130,12 @@ fn prometheus_metrics_only_when_asked_for() {
     assert_eq!(util::tcp_listeners(plain.proc.pid()), want);
     assert_eq!(plain.cmd("prometheus"), "");
 
-    let pen = Pen::start(&dir, Ctl::V4, &["-O", "prometheus 127.0.0.1:{port2}"], &[a.spec()]);
+    let pen = Pen::start(
+        &dir,
+        Ctl::V4,
+        &["-O", "prometheus 127.0.0.1:{port2}"],
+        &[a.spec()],
+    );
     let metrics = SocketAddr::from(([127, 0, 0, 1], pen.port2));
     assert_eq!(pen.cmd("prometheus"), format!("{metrics}\n"));
     assert!(util::tcp_listeners(pen.proc.pid()).contains(&metrics));
@@ -998,7 +1144,8 @@ fn prometheus_metrics_only_when_asked_for() {
 
     let mut m = TcpStream::connect(metrics).unwrap();
     m.set_read_timeout(Some(DEADLINE)).unwrap();
-    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
     let (resp, err) = read_until_eof(&mut m);
     assert!(err.is_none(), "{err:?}");
     let resp = String::from_utf8(resp).unwrap();
@@ -1006,14 +1153,30 @@ fn prometheus_metrics_only_when_asked_for() {
     let mut head = head.lines();
     assert_eq!(head.next(), Some("HTTP/1.0 200 OK"));
     let headers: Vec<&str> = head.collect();
-    assert!(headers.contains(&"Content-Type: text/plain; version=0.0.4"), "{headers:?}");
+    assert!(
+        headers.contains(&"Content-Type: text/plain; version=0.0.4"),
+        "{headers:?}"
+    );
     assert!(headers.contains(&format!("Content-Length: {}", body.len()).as_str()));
-    assert!(body.contains("# TYPE pen_connections_accepted_total counter\n"), "{body}");
-    assert!(body.lines().any(|l| l == "pen_connections_accepted_total 1"), "{body}");
-    assert!(body.lines().any(|l| l == "pen_connections_active 1"), "{body}");
+    assert!(
+        body.contains("# TYPE pen_connections_accepted_total counter\n"),
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l == "pen_connections_accepted_total 1"),
+        "{body}"
+    );
+    assert!(
+        body.lines().any(|l| l == "pen_connections_active 1"),
+        "{body}"
+    );
     for l in body.lines() {
         if let Some(rest) = l.strip_prefix("# ") {
-            assert!(rest.starts_with("HELP pen_") || rest.starts_with("TYPE pen_"), "{l}");
+            assert!(
+                rest.starts_with("HELP pen_") || rest.starts_with("TYPE pen_"),
+                "{l}"
+            );
         } else {
             let (name, value) = l.rsplit_once(' ').unwrap();
             assert!(name.starts_with("pen_"), "{l}");
@@ -1023,4 +1186,403 @@ fn prometheus_metrics_only_when_asked_for() {
     // Per-server samples carry the server's index and address.
     let a_sent = format!("{{server=\"0\",address=\"{}\"}} 6", a.addr);
     assert!(body.lines().any(|l| l.ends_with(&a_sent)), "{body}");
+}
+
+// ---- compatibility: the captured replies of control.md ----
+
+#[test]
+fn replies_match_the_captured_formats() {
+    let (a, b) = (NameServer::start("A"), NameServer::start("B"));
+    let dir = test_dir("compat");
+    let pen = Pen::start(
+        &dir,
+        Ctl::V4,
+        &[],
+        &[a.spec(), format!("{}:10:20:3:4", b.spec())],
+    );
+    let (pa, pb) = (a.addr.port(), b.addr.port());
+
+    // servers (§3.3): `%d addr %s port %d conn %d max %d hard %d weight %d prio %d sx %llu
+    // rx %llu`, a Unix server with port 1, IPv6 bare, an empty slot as the original.
+    assert_eq!(pen.cmd("server 4 port 80"), "");
+    assert_eq!(pen.cmd(&format!("server 3 address ::1 port {pa}")), "");
+    assert_eq!(
+        pen.cmd(&format!("server 2 address {}/sock", dir.display())),
+        ""
+    );
+    let idle = "conn 0 max 0 hard 0 weight 0 prio 0 sx 0 rx 0";
+    assert_eq!(
+        pen.cmd("servers"),
+        [
+            format!("0 addr 127.0.0.1 port {pa} {idle}\n"),
+            format!("1 addr 127.0.0.1 port {pb} conn 0 max 10 hard 20 weight 3 prio 4 sx 0 rx 0\n"),
+            format!("2 addr {}/sock port 1 {idle}\n", dir.display()),
+            format!("3 addr ::1 port {pa} {idle}\n"),
+            format!("4 addr (unknown address family 0 port 0 {idle}\n"),
+        ]
+        .concat()
+    );
+
+    // mode (§3.2): five flags, always in this order.
+    assert_eq!(
+        pen.cmd("mode"),
+        "no hash no roundrobin no stubborn no weight no prio\n"
+    );
+    for f in ["prio", "weight", "stubborn", "roundrobin", "hash"] {
+        assert_eq!(pen.cmd(f), "");
+    }
+    assert_eq!(pen.cmd("mode"), "hash roundrobin stubborn weight prio\n");
+    for f in ["hash", "roundrobin", "stubborn", "weight", "prio"] {
+        assert_eq!(pen.cmd(&format!("no {f}")), "");
+    }
+
+    // connection (§3.4): five lines while a request is held open.
+    let (name, mut held) = hello_from("127.0.0.1", pen.addr);
+    assert_eq!(name, "B");
+    echo(&mut held, "GET / HTTP/1.0\r\n");
+    let reply = pen.cmd("connection 0");
+    let [_, down, up, ..] = connection_block(&reply, 0);
+    assert_eq!(
+        reply,
+        format!("Connection 0:\nstate = 2\ndownfd = {down}, upfd = {up}\nclient = 0, server = 1\npend = 0\n")
+    );
+    assert_eq!(pen.cmd("connection 500"), "Connection 500 out of range\n");
+    assert_eq!(
+        pen.cmd(&format!("socket {down}")),
+        format!("Socket {down} belongs to connection 0\n")
+    );
+    assert_eq!(
+        pen.cmd("socket 99999"),
+        "Socket 99999 belongs to connection -1\n"
+    );
+    // recent (§3.4): `%s connects %ld sx %lld rx %lld`.
+    assert_eq!(pen.cmd("recent"), "127.0.0.1 connects 1 sx 18 rx 16\n");
+    assert_eq!(pen.cmd("close 5"), "connection 5 is not in use\n");
+    assert_eq!(pen.cmd("close 700"), "Connection 700 out of range\n");
+    assert_eq!(pen.cmd("close 0"), "Forcibly closing connection 0\n");
+
+    // The settings of §3.1 with their odd formats.
+    assert_eq!(pen.cmd("tarpit_acl"), "tarpit_acl = -1", "no newline");
+    assert_eq!(pen.cmd("tarpit_acl 3"), "tarpit_acl = 3");
+    assert_eq!(pen.cmd("idle_timeout"), "Idle timeout: 0 seconds\n");
+    assert_eq!(pen.cmd("idle_timeout 7"), "Idle timeout: 7 seconds\n");
+    assert_eq!(pen.cmd("idlers"), "Idlers: 0/0\n");
+    assert_eq!(pen.cmd("clients_max 10"), "2048\n");
+    assert_eq!(pen.cmd("clients_max 4000"), "4000\n");
+    assert_eq!(pen.cmd("conn_max 600"), "600\n");
+    assert_eq!(pen.cmd("blacklist -5"), "-5\n");
+    assert_eq!(
+        pen.cmd("tcp_fastclose"),
+        "do_cmd: ignoring tcp_fastclose without argument\n"
+    );
+    assert_eq!(pen.cmd("status"), "Unable to create webstats\n");
+    assert_eq!(
+        pen.cmd("exit"),
+        "Exit is not enabled; restart with -X flag\n"
+    );
+
+    // Unknown and ignored input (§4).
+    assert_eq!(
+        pen.cmd("frobnicate a b"),
+        "do_cmd: ignoring command starting with 'frobnicate'\n"
+    );
+    assert_eq!(
+        pen.cmd("MODE"),
+        "do_cmd: ignoring command starting with 'MODE'\n"
+    );
+    assert_eq!(pen.cmd("# hello"), "");
+    assert_eq!(pen.cmd("no frob"), "");
+    let (rc, out, _) = util::run("penctl", &[&pen.ctl, " mode"]);
+    assert_eq!(
+        (rc, out.as_str()),
+        (0, "no hash no roundrobin no stubborn no weight no prio\n")
+    );
+    let pid = pen.proc.pid();
+    assert_eq!(
+        pen.raw(b"pid\ndebug\n"),
+        format!("{pid}\n").as_bytes(),
+        "second line ignored"
+    );
+    assert_eq!(pen.raw(b"pid\r\n"), format!("{pid}\n").as_bytes());
+    assert_eq!(
+        pen.raw(b"mode"),
+        b"no hash no roundrobin no stubborn no weight no prio\n",
+        "no newline needed"
+    );
+    assert_eq!(
+        pen.raw(b"blacklist\t5\n"),
+        b"do_cmd: ignoring command starting with 'blacklist\t5'\n",
+        "a TAB is not a separator"
+    );
+    assert_eq!(pen.cmd("blacklist"), "-5\n");
+}
+
+// ---- bad input ----
+
+#[test]
+fn bad_input_gets_one_error_line_and_traffic_goes_on() {
+    let a = NameServer::start("A");
+    let dir = test_dir("bad-input");
+    let pen = Pen::start(&dir, Ctl::V4, &[], &[a.spec()]);
+    // A client that connects and says nothing is cut off by the session deadline.
+    let mut silent = pen.connect_ctl();
+    silent.set_read_timeout(Duration::from_secs(30));
+    let silent_since = Instant::now();
+
+    for (line, reply) in [
+        (
+            "frobnicate",
+            "do_cmd: ignoring command starting with 'frobnicate'",
+        ),
+        ("server 0 max", "server: missing value after 'max'"),
+        (
+            "server 0 frob 1",
+            "server: expected address, port, max, hard, weight, prio, blacklist or acl, got 'frob'",
+        ),
+        ("server 99999 max 1", "server 99999 out of range (0..65535)"),
+        (
+            "server -1 max 1",
+            "server: expected a server number of at least 0, got '-1'",
+        ),
+        (
+            "server 0 port 70000",
+            "server: expected a port from 1 to 65535 or a service name, got '70000'",
+        ),
+        (
+            "timeout -1",
+            "timeout: expected a number of seconds of at least 1, got '-1'",
+        ),
+        (
+            "timeout 0",
+            "timeout: expected a number of seconds of at least 1, got '0'",
+        ),
+        (
+            "conn_max 999999999",
+            "conn_max: expected a number from 1 to 1000000, got '999999999'",
+        ),
+        (
+            "client_acl 12",
+            "client_acl: expected an ACL number from 0 to 9, got '12'",
+        ),
+        ("blacklist abc", "blacklist: expected a number, got 'abc'"),
+        ("blacklist 12x", "blacklist: expected a number, got '12x'"),
+        (
+            "blacklist 99999999999",
+            "blacklist: expected a number, got '99999999999'",
+        ),
+        ("include", "include: missing file name"),
+        ("source", "source: missing address"),
+        ("no acl", "no acl: missing ACL number"),
+        (
+            "acl 1 permit 10.0.0.0/33",
+            "acl: expected a prefix length from 0 to 32, got '10.0.0.0/33'",
+        ),
+        (
+            "connection x",
+            "connection: expected a connection number, got 'x'",
+        ),
+    ] {
+        assert_eq!(pen.cmd(line), format!("{reply}\n"), "penctl {line}");
+        assert_eq!(
+            which_from("127.0.0.2", pen.addr),
+            "A",
+            "traffic after {line:?}"
+        );
+    }
+    // Commands that are well formed but cannot be carried out.
+    let missing = pen.path("missing");
+    for (line, reply) in [
+        (
+            "write".to_string(),
+            "write: no file given and no -F file to overwrite".to_string(),
+        ),
+        (
+            format!("write {missing}/x.cfg"),
+            format!("write {missing}/x.cfg: No such file or directory (os error 2)"),
+        ),
+        (
+            format!("include {missing}.cfg"),
+            format!(
+                "{missing}.cfg: can't read config file: No such file or directory (os error 2)"
+            ),
+        ),
+        (
+            format!("log {missing}/x.log"),
+            format!("can't open logfile '{missing}/x.log': No such file or directory (os error 2)"),
+        ),
+        (
+            "listen 127.0.0.1:99999".to_string(),
+            "bad address '127.0.0.1:99999': port 99999 out of range".to_string(),
+        ),
+        (
+            "idlers 3".to_string(),
+            "idlers 3: idle backend connections are not supported".to_string(),
+        ),
+        (
+            "prometheus 127.0.0.1:9".to_string(),
+            "prometheus: set the metrics listener at startup (-O or -F)".to_string(),
+        ),
+    ] {
+        assert_eq!(pen.cmd(&line), format!("{reply}\n"), "penctl {line}");
+    }
+    assert_eq!(pen.cmd("listen"), format!("{}\n", pen.addr));
+    assert_eq!(pen.cmd("log"), "");
+    assert_eq!(which_from("127.0.0.2", pen.addr), "A");
+    // Nothing was changed by the bad commands.
+    assert_eq!(pen.cmd("timeout"), "3\n");
+    assert_eq!(pen.cmd("conn_max"), "500\n");
+    assert_eq!(pen.cmd("client_acl"), "0\n");
+    assert_eq!(pen.cmd("servers").lines().count(), 1);
+
+    // Bytes that are not UTF-8.
+    assert_eq!(
+        pen.raw(b"mode \xff\xfe\n"),
+        b"command is not valid UTF-8 (byte 5)\n"
+    );
+    assert_eq!(which_from("127.0.0.2", pen.addr), "A");
+
+    // A 1 MB line: one error line once the limit is passed; pen does not read the rest.
+    let mut s = pen.connect_ctl();
+    let mut w = s.try_clone();
+    let writer = thread::spawn(move || {
+        let _ = w.write_all(&vec![b'x'; 1 << 20]);
+    });
+    let (got, _) = read_until_eof(&mut s);
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "command line too long (max 4095 bytes)\n"
+    );
+    drop(s);
+    writer.join().unwrap();
+    assert_eq!(which_from("127.0.0.2", pen.addr), "A");
+    assert_eq!(pen.cmd("pid"), format!("{}\n", pen.proc.pid()));
+
+    // The silent client: no reply, closed after the session timeout (10 s), not before.
+    let (got, err) = read_until_eof(&mut silent);
+    let waited = silent_since.elapsed();
+    assert!(got.is_empty() && err.is_none(), "{got:?} {err:?}");
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+        "silent control client closed after {waited:?}"
+    );
+}
+
+#[test]
+fn a_long_line_on_the_unix_socket_too() {
+    let a = NameServer::start("A");
+    let dir = test_dir("bad-input-unix");
+    let pen = Pen::start(&dir, Ctl::Unix, &[], &[a.spec()]);
+    let mut s = pen.connect_ctl();
+    let mut w = s.try_clone();
+    let writer = thread::spawn(move || {
+        let _ = w.write_all(&vec![b'y'; 1 << 20]);
+    });
+    let (got, _) = read_until_eof(&mut s);
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "command line too long (max 4095 bytes)\n"
+    );
+    drop(s);
+    writer.join().unwrap();
+    assert_eq!(
+        pen.raw(b"\xc3\x28\n"),
+        b"command is not valid UTF-8 (byte 0)\n"
+    );
+    assert_eq!(
+        pen.cmd("timeout -1"),
+        "timeout: expected a number of seconds of at least 1, got '-1'\n"
+    );
+    assert_eq!(which_from("127.0.0.2", pen.addr), "A");
+}
+
+#[test]
+fn traffic_flows_while_the_control_socket_is_abused() {
+    let a = NameServer::start("A");
+    let dir = test_dir("abuse");
+    // A Unix control socket: its fixed, small socket buffers make sure that a reply of
+    // 1.4 MB really stalls when its client does not read.
+    let pen = Pen::start(&dir, Ctl::Unix, &[], &[a.spec()]);
+    assert_eq!(pen.cmd("server 20000 max 1"), "");
+    let mut hog = pen.connect_ctl();
+    hog.write_all(b"servers\n").unwrap();
+    // Silent clients, and one that sent half a command.
+    let silent: Vec<CtlStream> = (0..10).map(|_| pen.connect_ctl()).collect();
+    let mut half = pen.connect_ctl();
+    half.write_all(b"serv").unwrap();
+    // The control socket still answers.
+    assert_eq!(pen.cmd("pid"), format!("{}\n", pen.proc.pid()));
+
+    let start = Instant::now();
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let at = pen.addr;
+            thread::spawn(move || {
+                let (name, mut s) = hello_from("127.0.0.2", at);
+                assert_eq!(name, "A");
+                echo(&mut s, &format!("{i}{}\n", "z".repeat(1000)));
+                s.shutdown(Shutdown::Write).unwrap();
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).unwrap();
+                assert!(rest.is_empty());
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(3), "16 requests took {took:?}");
+    assert_eq!(a.accepted.load(std::sync::atomic::Ordering::SeqCst), 16);
+
+    // The half command ran as `serv` after a moment of quiet: one error line.
+    assert_eq!(
+        read_until_eof(&mut half).0,
+        b"do_cmd: ignoring command starting with 'serv'\n"
+    );
+    // The stalled reply was kept and resumes when its reader reads.
+    let (reply, err) = read_until_eof(&mut hog);
+    assert!(err.is_none(), "{err:?}");
+    let reply = String::from_utf8(reply).unwrap();
+    assert_eq!(reply.lines().count(), 20001);
+    assert!(reply.ends_with(
+        "\n20000 addr (unknown address family 0 port 0 conn 0 max 1 hard 0 weight 0 prio 0 sx 0 rx 0\n"
+    ));
+    drop(silent);
+    assert_eq!(pen.cmd("pid"), format!("{}\n", pen.proc.pid()));
+}
+
+// ---- control_acl ----
+
+#[test]
+fn control_acl_closes_denied_peers_without_a_reply() {
+    let a = NameServer::start("A");
+    let dir = test_dir("control-acl");
+    let pen = Pen::start(
+        &dir,
+        Ctl::V4,
+        &["-O", "acl 1 deny 127.0.0.2", "-O", "control_acl 1"],
+        &[a.spec()],
+    );
+    assert_eq!(pen.cmd("control_acl"), "1\n");
+    let ctl: SocketAddr = pen.ctl.parse().unwrap();
+    for _ in 0..3 {
+        let mut s = util::connect_from("127.0.0.2", ctl);
+        let _ = s.write_all(b"pid\n");
+        let (got, _) = read_until_eof(&mut s);
+        assert!(
+            got.is_empty(),
+            "denied peer got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    // 127.0.0.1 is allowed, and the ACL is about the control socket only: 127.0.0.2 is
+    // still served as a client (client_acl is 0, an empty list).
+    assert_eq!(pen.cmd("pid"), format!("{}\n", pen.proc.pid()));
+    let mut s = util::connect_from("127.0.0.3", ctl);
+    s.write_all(b"mode\n").unwrap();
+    assert_eq!(
+        read_until_eof(&mut s).0,
+        b"no hash no roundrobin no stubborn no weight no prio\n"
+    );
+    assert_eq!(which_from("127.0.0.2", pen.addr), "A");
 }
