@@ -3,7 +3,7 @@
 mod util;
 
 mod logging;
-mod pen_basic;
+mod pen_fixes;
 mod pen_process;
 mod pen_relay;
 mod pen_select;

@@ -1,0 +1,158 @@
+//! Fixes of the original's defects that the README promises and other files don't cover:
+//! `-b 0` with every server down (§13.2 #9), `no log` stopping UDP records (#26), an IPv6
+//! log target (logging.md §6).
+
+use std::io::{Read, Write};
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// CPU seconds (user + system) pen has used, from /proc/PID/stat.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("pen's stat");
+    // Fields after the ")" that ends the command name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// With `-b 0` nothing is ever blacklisted; the original then retried the dead servers of
+/// one connection forever at 100% CPU and never answered the client. Each connection now
+/// tries each candidate once and is closed.
+#[test]
+fn no_blacklist_and_all_servers_down_closes_without_spinning() {
+    let (d1, d2) = (dead_addr(), dead_addr());
+    let (pen, addr) = start_pen(&[
+        "-f",
+        "-b",
+        "0",
+        "127.0.0.1:{port}",
+        &d1.to_string(),
+        &d2.to_string(),
+    ]);
+    let before = cpu_seconds(pen.pid());
+    for _ in 0..3 {
+        let mut s = connect_from("127.0.0.2", addr);
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        // Closed (EOF or reset) with no bytes, promptly.
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("got {n} bytes from nowhere"),
+            Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "no answer: {e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    // And pen is idle afterwards, not spinning on reconnects.
+    let t0 = Instant::now();
+    let cpu0 = cpu_seconds(pen.pid());
+    wait_until("half a second", || {
+        t0.elapsed() >= Duration::from_millis(500)
+    });
+    let spent = cpu_seconds(pen.pid()) - cpu0;
+    assert!(
+        spent < 0.2,
+        "pen used {spent:.2} s of CPU in 0.5 s while idle (before: {before})"
+    );
+}
+
+fn udp_listener(bind: &str) -> UdpSocket {
+    let u = UdpSocket::bind(bind).unwrap();
+    u.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    u
+}
+
+fn request(addr: std::net::SocketAddr, path: &str) {
+    let mut s = connect_from("127.0.0.2", addr);
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    // The echo backend closes once we do.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+}
+
+/// Waits for a datagram containing `needle`, up to the deadline.
+fn expect_record(u: &UdpSocket, needle: &str) -> String {
+    let end = Instant::now() + DEADLINE;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < end {
+        if let Ok(n) = u.recv(&mut buf) {
+            let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if got.contains(needle) {
+                return got;
+            }
+        }
+    }
+    panic!("no record containing {needle:?}");
+}
+
+/// `no log` stops the UDP records too (the original kept sending them: defect #26), and
+/// `log` reports the whole `host:port` target.
+#[test]
+fn no_log_stops_udp_records() {
+    let backend = NameServer::start("A");
+    let u = udp_listener("127.0.0.1:0");
+    let target = u.local_addr().unwrap().to_string();
+    let dir = temp_dir("nolog");
+    // The control socket needs -u when running as root (compat); nobody must reach it.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let ctl = dir.join("ctl.sock");
+    let ctl_s = ctl.to_str().unwrap();
+    let (_pen, addr) = start_pen(&[
+        "-f",
+        "-u",
+        "nobody",
+        "-C",
+        ctl_s,
+        "-l",
+        &target,
+        "127.0.0.1:{port}",
+        &backend.spec(),
+    ]);
+    wait_for_file(&ctl);
+    request(addr, "/before");
+    let rec = expect_record(&u, "/before");
+    assert_eq!(rec, "+ 127.0.0.2 127.0.0.1 GET /before HTTP/1.0\n");
+    let (rc, out, _) = run("penctl", &[ctl_s, "log"]);
+    assert_eq!((rc, out.as_str()), (0, format!("{target}\n").as_str()));
+    let (rc, out, _) = run("penctl", &[ctl_s, "no", "log"]);
+    assert_eq!((rc, out.as_str()), (0, ""));
+    request(addr, "/after");
+    // Nothing arrives: drain for a while (bounded) and check no record names /after.
+    let end = Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 2048];
+    while Instant::now() < end {
+        if let Ok(n) = u.recv(&mut buf) {
+            let got = String::from_utf8_lossy(&buf[..n]);
+            assert!(!got.contains("/after"), "record after `no log`: {got:?}");
+        }
+    }
+    let (_, out, _) = run("penctl", &[ctl_s, "log"]);
+    assert_eq!(out, "");
+}
+
+/// The network log target may be IPv6 (the original's was IPv4 only).
+#[test]
+fn log_target_may_be_ipv6() {
+    let Ok(u) = UdpSocket::bind("[::1]:0") else {
+        eprintln!("note: ::1 not available; skipping log_target_may_be_ipv6");
+        return;
+    };
+    u.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let target = format!("[::1]:{}", u.local_addr().unwrap().port());
+    let backend = NameServer::start("A");
+    let (_pen, addr) = start_pen(&["-f", "-l", &target, "127.0.0.1:{port}", &backend.spec()]);
+    request(addr, "/v6log");
+    let rec = expect_record(&u, "/v6log");
+    assert_eq!(rec, "+ 127.0.0.2 127.0.0.1 GET /v6log HTTP/1.0\n");
+}
