@@ -25,7 +25,9 @@ fn backend(name: &'static str) -> std::io::Result<SocketAddr> {
 }
 
 fn serve(name: &str, stream: TcpStream) {
-    let Ok(mut out) = stream.try_clone() else { return };
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     {
         let mut forwarded = String::from("-");
@@ -51,7 +53,9 @@ fn serve(name: &str, stream: TcpStream) {
             "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        let _ = out.write_all(head.as_bytes()).and_then(|_| out.write_all(body.as_bytes()));
+        let _ = out
+            .write_all(head.as_bytes())
+            .and_then(|_| out.write_all(body.as_bytes()));
     }
 }
 
@@ -59,7 +63,13 @@ fn serve(name: &str, stream: TcpStream) {
 fn pick_port() -> u16 {
     (8080..8090)
         .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .or_else(|| TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok().map(|a| a.port()))
+        .or_else(|| {
+            TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()
+                .map(|a| a.port())
+        })
         .unwrap_or(8080)
 }
 
