@@ -282,7 +282,8 @@ fn put_file(path: &Path, text: &str) {
     fs::rename(&tmp, path).unwrap();
 }
 
-/// Checks a status page (control.md §3.5) and returns its rows per table.
+/// Checks the layout of a status page (control.md §3.5) with the given number of server,
+/// client and connection rows.
 fn check_status(html: &str, servers: usize, clients: usize, conns: usize) {
     let head = "<html>\n<head>\n<title>Pen status page</title>\n</head>\n\
                 <body bgcolor=\"#ffffff\"><h1>Pen status page</h1>\nTime ";
