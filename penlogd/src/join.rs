@@ -14,7 +14,7 @@ use common::logrec::Record;
 use crate::matcher::Matcher;
 use crate::nets::{allowed, Net};
 use crate::stats::Stats;
-use crate::webline::{has_escapes, unescape, WebLine};
+use crate::webline::{find, has_escapes, unescape, WebLine};
 
 /// Request bytes compared: every request byte a pen record can hold whatever its two
 /// addresses (1023 − `"+ "` − 2 × 39 − 2 spaces = 941), rounded down.
@@ -66,9 +66,17 @@ impl Join {
         }
         self.matcher.expire(now);
         let mut n = 0;
-        for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            self.line(line, from, now, out);
-            n += 1;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let (line, next) = match find(rest, b'\n') {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            if !line.is_empty() {
+                self.line(line, from, now, out);
+                n += 1;
+            }
+            rest = next;
         }
         if n == 0 {
             self.stats.empty += 1;
