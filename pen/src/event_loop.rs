@@ -11,6 +11,7 @@ use crate::command::parse_line;
 use crate::conn::relay::{Outcome, Relay};
 use crate::conn::{untoken, Phase, Side};
 use crate::control::{self, Kind, Session, Step, FIRST_SESSION_TOKEN};
+use crate::logsink::ServerAddr;
 use crate::signals::Signals;
 use crate::state::{Clock, PeerIp, State};
 
@@ -163,23 +164,27 @@ impl State {
         if !matches!(conn.phase, Phase::Relaying) {
             return;
         }
-        let server = conn
-            .server
-            .and_then(|s| self.servers.get(s))
-            .and_then(|s| s.endpoint.clone());
-        let server_ip = server.as_ref().map(ServerAddr);
+        // The server as log records name it, only when a record may be written.
+        let server = match self.log.active() {
+            true => conn
+                .server
+                .and_then(|s| self.servers.get(s))
+                .and_then(|s| s.endpoint.as_ref()),
+            false => None,
+        };
+        let server_ip = server
+            .filter(|ep| self.log.sends_server(ep))
+            .map(ServerAddr);
         let peer = conn.peer;
         let client = PeerIp(&peer);
-        let log_on = self.log.active();
         let mut relay = Relay {
             buf: &mut self.buf,
             scratch: &mut self.scratch,
             pool: &mut self.pool,
             fastclose: self.settings.fastclose,
-            log: match (&server_ip, log_on) {
-                (Some(s), true) => Some((&mut self.log, s as &dyn std::fmt::Display)),
-                _ => None,
-            },
+            log: server_ip
+                .as_ref()
+                .map(|s| (&mut self.log, s as &dyn std::fmt::Display)),
             client: &client,
             now: self.clock.wall,
             up: 0,
@@ -434,16 +439,4 @@ pub fn out_of_resources(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
-}
-
-/// A server address as it appears in log records: the IP with no port, or the path.
-struct ServerAddr<'a>(&'a common::net::Endpoint);
-
-impl std::fmt::Display for ServerAddr<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            common::net::Endpoint::Inet(a) => write!(f, "{}", a.ip()),
-            common::net::Endpoint::Unix(p) => write!(f, "{}", p.display()),
-        }
-    }
 }

@@ -10,10 +10,11 @@
 use std::fmt::{self, Display};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use common::addr::{parse_port, resolve, split_host_port, Proto};
 use common::logrec;
+use common::net::Endpoint;
 
 /// A log target that could not be opened, with the reason.
 #[derive(Debug)]
@@ -26,8 +27,14 @@ impl Display for LogError {
 }
 
 enum Target {
-    File { file: File },
-    Net { sock: UdpSocket },
+    File {
+        file: File,
+    },
+    /// `v6`: the target address is IPv6, so the receiver is a new penlogd.
+    Net {
+        sock: UdpSocket,
+        v6: bool,
+    },
 }
 
 /// The request log sink. Off until [`LogSink::open`] succeeds.
@@ -43,6 +50,10 @@ pub struct LogSink {
     /// Records written or sent, and records dropped (full socket buffer, send error).
     pub records: u64,
     pub dropped: u64,
+    /// Times records were withheld because their server is not IPv4 and the target is
+    /// (see [`LogSink::sends_server`]); warned about once.
+    pub skipped: u64,
+    warned_skip: bool,
 }
 
 /// Whether `spec` names a network target: `host:port` or `[v6]:port` with a numeric
@@ -68,8 +79,10 @@ impl LogSink {
                 let err = |e: String| LogError(format!("can't log to '{spec}': {e}"));
                 let port = parse_port(port, Proto::Udp).map_err(err)?;
                 let addr = resolve(host, port).map_err(|e| err(e.problem))?;
+                let sock = udp_to(addr).map_err(|e| err(e.to_string()))?;
                 Target::Net {
-                    sock: udp_to(addr).map_err(|e| err(e.to_string()))?,
+                    sock,
+                    v6: addr.is_ipv6(),
                 }
             }
             None => {
@@ -104,6 +117,33 @@ impl LogSink {
         self.target.is_some()
     }
 
+    /// Whether records naming this server may be sent. The original penlogd crashes on a
+    /// server field that is not an IPv4 address (logging.md §5), and it can only listen on
+    /// IPv4; so over an IPv4 target only IPv4 servers are sent (an IPv4-mapped address is
+    /// written as a dotted quad by [`ServerAddr`]), and over IPv6 everything is. The file
+    /// target takes everything.
+    pub fn sends_server(&mut self, server: &Endpoint) -> bool {
+        let ok = match (&self.target, server) {
+            (Some(Target::Net { v6: false, .. }), Endpoint::Inet(a)) => match a.ip() {
+                IpAddr::V4(_) => true,
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+            },
+            (Some(Target::Net { v6: false, .. }), Endpoint::Unix(_)) => false,
+            _ => true,
+        };
+        if !ok {
+            self.skipped += 1;
+            if !self.warned_skip {
+                self.warned_skip = true;
+                common::diag!(
+                    "not sending log records for server {server} to an IPv4 log target: \
+                     the original penlogd crashes on them; log to penlogd over IPv6 to get them"
+                );
+            }
+        }
+        ok
+    }
+
     /// Reopens a file target (HUP, for rotation with `mv`). A network target is left alone.
     pub fn reopen(&mut self) -> Result<(), LogError> {
         if let (Some(Target::File { .. }), Some(name)) = (&self.target, self.name.clone()) {
@@ -125,7 +165,7 @@ impl LogSink {
                     common::debug!(3, "{}", String::from_utf8_lossy(&self.buf).trim_end());
                 }
             }
-            Some(Target::Net { sock }) => {
+            Some(Target::Net { sock, .. }) => {
                 self.dgram.clear();
                 logrec::udp_record(&mut self.dgram, client, server, request);
                 match sock.send(&self.dgram) {
@@ -167,6 +207,25 @@ fn udp_to(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(sock)
 }
 
+/// A server address as it appears in log records: the IP with no port (an IPv4-mapped
+/// address as a dotted quad), or the socket path.
+pub struct ServerAddr<'a>(pub &'a Endpoint);
+
+impl Display for ServerAddr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Endpoint::Inet(a) => match a.ip() {
+                IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                    Some(v4) => write!(f, "{v4}"),
+                    None => write!(f, "{v6}"),
+                },
+                ip => write!(f, "{ip}"),
+            },
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +245,32 @@ mod tests {
         assert_eq!(network_spec("/var/log/pen.log"), None);
         assert_eq!(network_spec("./x:514"), None);
         assert_eq!(network_spec("pen.log"), None);
+    }
+
+    #[test]
+    fn old_penlogd_only_gets_ipv4_servers() {
+        let u4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut sink = LogSink::default();
+        sink.open(&u4.local_addr().unwrap().to_string()).unwrap();
+        let v4 = Endpoint::Inet("10.0.0.1:80".parse().unwrap());
+        let mapped = Endpoint::Inet("[::ffff:10.0.0.1]:80".parse().unwrap());
+        let v6 = Endpoint::Inet("[2001:db8::1]:80".parse().unwrap());
+        let unix = Endpoint::Unix("/run/b.sock".into());
+        assert!(sink.sends_server(&v4));
+        assert!(sink.sends_server(&mapped));
+        assert!(!sink.sends_server(&v6));
+        assert!(!sink.sends_server(&unix));
+        assert_eq!(sink.skipped, 2);
+        assert_eq!(ServerAddr(&mapped).to_string(), "10.0.0.1");
+        if let Ok(u6) = UdpSocket::bind("[::1]:0") {
+            sink.open(&format!("[::1]:{}", u6.local_addr().unwrap().port()))
+                .unwrap();
+            assert!(sink.sends_server(&v6));
+            assert!(sink.sends_server(&unix));
+        }
+        let file = std::env::temp_dir().join(format!("pen-logsink-{}", std::process::id()));
+        sink.open(file.to_str().unwrap()).unwrap();
+        assert!(sink.sends_server(&v6));
+        let _ = std::fs::remove_file(file);
     }
 }

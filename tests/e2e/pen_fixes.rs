@@ -156,3 +156,40 @@ fn log_target_may_be_ipv6() {
     let rec = expect_record(&u, "/v6log");
     assert_eq!(rec, "+ 127.0.0.2 127.0.0.1 GET /v6log HTTP/1.0\n");
 }
+
+/// Records naming an IPv6 server go only to an IPv6 log target: the original penlogd,
+/// which listens on IPv4 only, crashes on them (logging.md §5).
+#[test]
+fn ipv6_server_records_only_to_an_ipv6_target() {
+    let Ok(listener) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("note: ::1 not available; skipping");
+        return;
+    };
+    let backend = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+    });
+    let spec = format!("[::1]:{}", backend.port());
+    let u4 = udp_listener("127.0.0.1:0");
+    let t4 = u4.local_addr().unwrap().to_string();
+    let (pen4, addr4) = start_pen(&["-f", "-l", &t4, "127.0.0.1:{port}", &spec]);
+    request(addr4, "/v6server");
+    pen4.wait_output("not sending log records for server", DEADLINE);
+    let mut buf = [0u8; 2048];
+    assert!(
+        u4.recv(&mut buf).is_err(),
+        "an IPv4 target got a record for an IPv6 server"
+    );
+
+    let u6 = udp_listener("[::1]:0");
+    let t6 = format!("[::1]:{}", u6.local_addr().unwrap().port());
+    let (_pen6, addr6) = start_pen(&["-f", "-l", &t6, "127.0.0.1:{port}", &spec]);
+    request(addr6, "/v6server");
+    assert_eq!(
+        expect_record(&u6, "/v6server"),
+        "+ 127.0.0.2 ::1 GET /v6server HTTP/1.0\n"
+    );
+}
