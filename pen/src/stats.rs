@@ -359,6 +359,7 @@ pub fn counters(state: &State) -> String {
     kv("clients_max", &state.clients.capacity());
     kv("log_records_total", &state.log.records);
     kv("log_records_dropped_total", &state.log.dropped);
+    kv("log_records_withheld_total", &state.log.skipped);
     for (i, s) in state.servers.list.iter().enumerate() {
         let st = ServerStats::of(state, i, s);
         let addr = match &s.endpoint {
@@ -478,6 +479,12 @@ pub fn prometheus(state: &State) -> String {
             "counter",
             "Request log records dropped.",
             state.log.dropped.to_string(),
+        ),
+        (
+            "log_records_withheld_total",
+            "counter",
+            "Times records for a non-IPv4 server were withheld from an IPv4 log target.",
+            state.log.skipped.to_string(),
         ),
     ];
     for (name, kind, help, value) in &globals {
@@ -836,6 +843,7 @@ clients_tracked 1
 clients_max 2048
 log_records_total 40
 log_records_dropped_total 4
+log_records_withheld_total 0
 server.0.addr 127.0.0.1
 server.0.port 41081
 server.0.conns 0
