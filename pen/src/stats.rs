@@ -407,7 +407,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn prometheus(state: &State) -> String {
     let t = &state.totals;
     let mut out = String::new();
-    let globals: [(&str, &str, &str, String); 12] = [
+    let globals: [(&str, &str, &str, String); 13] = [
         (
             "uptime_seconds",
             "gauge",
