@@ -185,9 +185,11 @@ impl Daemon {
                 // Traffic is flowing: let a batch build up before the next system call
                 // (interrupt coalescing), so that a busy daemon pays for one wakeup per
                 // batch instead of one per datagram. A line waits at most COALESCE more.
-                nap(self.signals.fd(), COALESCE);
-            } else {
-                wait(fd, self.signals.fd(), timeout);
+                if nap(self.signals.fd(), COALESCE) {
+                    self.signals.drain();
+                }
+            } else if wait(fd, self.signals.fd(), timeout) {
+                self.signals.drain();
             }
         }
         self.check_drops();
@@ -251,7 +253,8 @@ fn bind(cfg: &DaemonConfig) -> Result<Socket, Error> {
 }
 
 /// Sleeps for `t` unless a signal arrives (the socket is not watched: see COALESCE).
-fn nap(signals: RawFd, t: Duration) {
+/// Returns true when the signal pipe is readable.
+fn nap(signals: RawFd, t: Duration) -> bool {
     let mut fds = [libc::pollfd {
         fd: signals,
         events: libc::POLLIN,
@@ -262,11 +265,13 @@ fn nap(signals: RawFd, t: Duration) {
         tv_nsec: t.subsec_nanos() as libc::c_long,
     };
     // SAFETY: valid pollfd array and timespec; a null sigmask leaves the mask unchanged.
-    unsafe { libc::ppoll(fds.as_mut_ptr(), 1, &ts, std::ptr::null()) };
+    let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 1, &ts, std::ptr::null()) };
+    n > 0 && fds[0].revents != 0
 }
 
-/// Sleeps until the socket or the signal pipe is readable, or `timeout` passes.
-fn wait(sock: RawFd, signals: RawFd, timeout: Option<Duration>) {
+/// Sleeps until the socket or the signal pipe is readable, or `timeout` passes. Returns
+/// true when the signal pipe is readable.
+fn wait(sock: RawFd, signals: RawFd, timeout: Option<Duration>) -> bool {
     let mut fds = [
         libc::pollfd {
             fd: sock,
@@ -285,5 +290,6 @@ fn wait(sock: RawFd, signals: RawFd, timeout: Option<Duration>) {
         None => -1,
     };
     // SAFETY: fds is a valid array of two pollfd. EINTR is fine: the loop re-checks.
-    unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    n > 0 && fds[1].revents != 0
 }

@@ -56,14 +56,24 @@ impl Signals {
         self.wake.as_raw_fd()
     }
 
-    /// Drains the pipe and returns (and clears) the pending requests.
+    /// Returns (and clears) the pending requests. The flags are plain atomic loads in
+    /// the common case; the pipe is drained only when a signal came.
     pub fn take(&mut self) -> Pending {
-        let mut sink = [0u8; 64];
-        while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
-        Pending {
+        let p = Pending {
             terminate: self.term.swap(false, Ordering::SeqCst),
             reopen: self.hup.swap(false, Ordering::SeqCst),
             report: self.usr1.swap(false, Ordering::SeqCst),
+        };
+        if p != Pending::default() {
+            self.drain();
         }
+        p
+    }
+
+    /// Empties the pipe (also when `poll` saw it readable: a handler running on another
+    /// thread may write its byte after `take` looked).
+    pub fn drain(&mut self) {
+        let mut sink = [0u8; 64];
+        while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
     }
 }
