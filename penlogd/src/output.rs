@@ -291,6 +291,36 @@ mod tests {
     }
 
     #[test]
+    fn rotates_daily_once_past_midnight() {
+        let d = dir("daily");
+        let path = d.join("out.log");
+        let rot = Rotation {
+            max_size: None,
+            daily: true,
+        };
+        let mut o = Output::file(&path, true, rot).unwrap();
+        line(&mut o, "yesterday\n");
+        o.flush();
+        assert!(!o.rotation_due(), "not before midnight");
+        o.next_day = 0; // midnight has passed
+        line(&mut o, "today\n");
+        o.close();
+        assert_eq!(std::fs::read(&path).unwrap(), b"today\n");
+        assert!(o.next_day > 0, "the next midnight is scheduled");
+        let names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with("out.log.") && n.ends_with(".gz")),
+            "{names:?}"
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
     fn rotates_by_size_and_gzips() {
         let d = dir("rotate");
         let path = d.join("out.log");

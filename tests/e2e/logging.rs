@@ -685,3 +685,51 @@ fn client_and_path(line: &str) -> (String, String) {
         .to_string();
     (client, path)
 }
+
+#[test]
+fn chroot_and_user_with_groups() {
+    let dir = temp_dir("chroot_and_user_with_groups");
+    let (d, addr) = start_penlogd(
+        "127.0.0.1",
+        &[
+            "-j",
+            s(&dir),
+            "-u",
+            "nobody",
+            "-l",
+            "/out.log",
+            "-p",
+            "/pid",
+        ],
+    );
+    // Both paths were opened inside the chroot, as root, before the privilege drop.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("pid")).unwrap(),
+        d.pid().to_string()
+    );
+    send(&udp_from("127.0.0.2"), addr, b"jailed\n");
+    assert_eq!(wait_lines(&dir.join("out.log"), 1), ["jailed"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        field("Uid:").split_whitespace().nth(1),
+        Some("65534"),
+        "{status}"
+    );
+    assert_eq!(
+        field("Gid:").split_whitespace().nth(1),
+        Some("65534"),
+        "{status}"
+    );
+    assert!(
+        !field("Groups:").split_whitespace().any(|g| g == "0"),
+        "root's groups kept"
+    );
+    terminate(d);
+}
