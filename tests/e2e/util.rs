@@ -191,23 +191,48 @@ pub fn run_with_stdin(name: &str, args: &[&str], input: &[u8]) -> (i32, String, 
     let feeder = thread::spawn(move || {
         let _ = stdin.write_all(&input);
     });
+    // Read both pipes while the program runs, so a large output cannot block it.
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
     let end = Instant::now() + DEADLINE;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
         }
         if Instant::now() > end {
             let _ = child.kill();
             panic!("{name} {args:?} did not finish within {DEADLINE:?}");
         }
         thread::sleep(Duration::from_millis(10));
-    }
+    };
     let _ = feeder.join();
-    let out = child.wait_with_output().unwrap();
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
     )
 }
 
