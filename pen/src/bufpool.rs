@@ -43,8 +43,9 @@ pub struct BufPool {
     free: Vec<Box<Pending>>,
 }
 
-/// Buffers kept for reuse at most.
-const KEEP: usize = 256;
+/// Buffers kept for reuse at most (1 MiB): enough to absorb the churn of a busy loop,
+/// small enough that a past burst does not show up as resident memory.
+const KEEP: usize = 32;
 
 impl BufPool {
     /// A pending buffer holding a copy of `data`.
