@@ -64,10 +64,11 @@ pub fn run(
             }
         }
         state.clock = Clock::read();
+        let mut signalled = false;
         for ev in events.iter() {
             match ev.token() {
                 LISTEN => state.accept_more = true,
-                SIGNAL => {}
+                SIGNAL => signalled = true,
                 CONTROL => state.accept_sessions(Kind::Control),
                 METRICS => state.accept_sessions(Kind::Metrics),
                 Token(t) if t >= FIRST_SESSION_TOKEN => {
@@ -76,7 +77,13 @@ pub fn run(
                 t => state.conn_event(t, ev),
             }
         }
-        let sig = signals.take();
+        // The handlers set their flag before waking the pipe, so the flags only need a
+        // look (and the pipe a read) when the pipe fired.
+        let sig = if signalled {
+            signals.take()
+        } else {
+            Default::default()
+        };
         if sig.exit {
             state.exit = true;
         }
@@ -98,7 +105,8 @@ impl State {
         if !self.again.is_empty() || (self.accept_more && self.can_accept()) {
             return Some(Duration::ZERO);
         }
-        let next = [self.timers.next(), self.accept_retry]
+        let sessions = self.sessions.iter().map(|(_, s)| s.next_timer()).min();
+        let next = [self.timers.next(), self.accept_retry, sessions]
             .into_iter()
             .flatten()
             .min();
