@@ -195,6 +195,7 @@ impl State {
                 .map(|s| (&mut self.log, s as &dyn std::fmt::Display)),
             client: &client,
             now: self.clock.wall,
+            dump: common::diag::enabled(3).then_some(self.settings.ascii),
             up: 0,
             down: 0,
         };

@@ -193,3 +193,25 @@ fn ipv6_server_records_only_to_an_ipv6_target() {
         "+ 127.0.0.2 ::1 GET /v6server HTTP/1.0\n"
     );
 }
+
+/// Debug level 3 dumps each read as `<n>: <bytes>`, in hex, or in ASCII with `-a`
+/// (pen.md §8.2).
+#[test]
+fn debug_level_3_dumps_payloads() {
+    let backend = NameServer::start("A");
+    let (hex, addr) = start_pen(&["-f", "-ddd", "127.0.0.1:{port}", &backend.spec()]);
+    request(addr, "/dumped");
+    // "GET /dumped HTTP/1.0\r\n\r\n" is 24 bytes.
+    hex.wait_output("24: 47 45 54 20 2f 64 75 6d 70 65 64", DEADLINE);
+    let (ascii, addr) = start_pen(&[
+        "-f",
+        "-d",
+        "-d",
+        "-d",
+        "-a",
+        "127.0.0.1:{port}",
+        &backend.spec(),
+    ]);
+    request(addr, "/dumped");
+    ascii.wait_output("24: GET /dumped HTTP/1.0....", DEADLINE);
+}

@@ -45,6 +45,8 @@ pub struct Relay<'a> {
     pub client: &'a dyn Display,
     /// Wall-clock seconds, for file log lines.
     pub now: i64,
+    /// Debug level 3 payload dumps: `None` off, else whether in ASCII (`-a`) or hex.
+    pub dump: Option<bool>,
     /// Bytes moved during this pump: from the client, from the server.
     pub up: u64,
     pub down: u64,
@@ -141,6 +143,9 @@ impl Relay<'_> {
                     }
                 }
             }
+            if let Some(ascii) = self.dump {
+                dump(chunk, ascii);
+            }
             self.up += out.len() as u64;
             if !write_through(dst, out, self.pool)? {
                 return Ok(Flow::Idle);
@@ -163,6 +168,9 @@ impl Relay<'_> {
                 Got::Eof => return finish_eof(dst),
                 Got::Blocked => return Ok(Flow::Idle),
             };
+            if let Some(ascii) = self.dump {
+                dump(&self.buf[..n], ascii);
+            }
             self.down += n as u64;
             if !write_through(dst, &self.buf[..n], self.pool)? {
                 return Ok(Flow::Idle);
@@ -173,6 +181,25 @@ impl Relay<'_> {
         }
         Ok(Flow::Budget)
     }
+}
+
+/// One debug line per read, `<n>: <bytes>` (pen.md §8.2, level 3), in hex or, with `-a`,
+/// as ASCII with unprintable bytes shown as `.`.
+fn dump(data: &[u8], ascii: bool) {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(data.len() * 3);
+    for &b in data {
+        if ascii {
+            text.push(if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            });
+        } else {
+            let _ = write!(text, "{b:02x} ");
+        }
+    }
+    common::diag!("{}: {}", data.len(), text.trim_end());
 }
 
 /// Flushes what `dst` still owes and passes on an EOF already seen. Returns whether `src`
