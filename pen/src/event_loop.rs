@@ -152,7 +152,7 @@ impl State {
             half.writable = true;
         }
         match (connecting, side) {
-            (true, Side::Backend) => self.connect_event(key),
+            (true, Side::Backend) => self.connect_event(key, ev.is_writable()),
             (true, Side::Client) => {
                 // The client is watched during the connect (§13.2 #33): a reset or full
                 // hang-up ends the attempt; data and a half-close just wait.

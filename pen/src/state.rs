@@ -13,7 +13,7 @@ use mio::Registry;
 use slab::Slab;
 
 use crate::acl::Acls;
-use crate::bufpool::{BufPool, CHUNK};
+use crate::bufpool::{BufPool, CHUNK, READ_CHUNK};
 use crate::clients::{Clients, Peer};
 use crate::command::Fastclose;
 use crate::conn::Conn;
@@ -245,7 +245,7 @@ impl State {
             closed: Vec::new(),
             exit: false,
             next_id: 0,
-            buf: vec![0; CHUNK].into_boxed_slice(),
+            buf: vec![0; READ_CHUNK].into_boxed_slice(),
             scratch: Vec::with_capacity(CHUNK + 256),
         }
     }

@@ -215,3 +215,33 @@ fn debug_level_3_dumps_payloads() {
     request(addr, "/dumped");
     ascii.wait_output("24: GET /dumped HTTP/1.0....", DEADLINE);
 }
+
+/// A second pen cannot share a control port: the original set `SO_REUSEPORT`, so both
+/// bound and the kernel split control connections between them (control.md §1.1).
+#[test]
+fn a_second_pen_cannot_share_the_control_port() {
+    let backend = NameServer::start("A");
+    let spec = backend.spec();
+    let ctl = format!("127.0.0.1:{}", free_port());
+    let user: &[&str] = if unsafe { libc::getuid() } == 0 {
+        &["-u", "nobody"]
+    } else {
+        &[]
+    };
+    let mut first = vec!["-f", "-C", &ctl];
+    first.extend_from_slice(user);
+    first.extend_from_slice(&["127.0.0.1:{port}", &spec]);
+    let (_pen, _) = start_pen(&first);
+    wait_for_port(ctl.parse().unwrap());
+    let second_listen = format!("127.0.0.1:{}", free_port());
+    let mut second = vec!["-f", "-C", &ctl];
+    second.extend_from_slice(user);
+    second.extend_from_slice(&[&second_listen, &spec]);
+    let (rc, out, err) = run("pen", &second);
+    assert_eq!(rc, 1, "second pen on {ctl}: stdout {out:?} stderr {err:?}");
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(err.contains(&ctl) && err.contains("in use"), "{err:?}");
+    // And the first one still answers on it.
+    let (rc, pid, _) = run("penctl", &[&ctl, "pid"]);
+    assert_eq!((rc, pid.trim()), (0, _pen.pid().to_string().as_str()));
+}

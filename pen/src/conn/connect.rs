@@ -163,12 +163,17 @@ impl State {
 
     /// A connect in flight had an event: confirm it (`take_error`, then `peer_addr`), or
     /// fail over.
-    pub fn connect_event(&mut self, key: usize) {
+    ///
+    /// On Linux a connecting TCP socket turns writable exactly when the handshake ends, so
+    /// a writable event with no socket error is a completed connect; any other event is
+    /// checked with `peer_addr` (mio's advice), which costs a syscall.
+    pub fn connect_event(&mut self, key: usize, writable: bool) {
         let Some(backend) = self.conns[key].backend.as_ref() else {
             return;
         };
         let result = match backend.stream.take_error() {
             Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) if writable => Ok(true),
             Ok(None) => backend.stream.connected(),
         };
         match result {
@@ -186,8 +191,9 @@ impl State {
         conn.phase = Phase::Relaying;
         conn.last_active = self.clock.now;
         if let Some(b) = conn.backend.as_mut() {
+            // Writable: that is what confirmed the connect. Readable only if an event said
+            // so (it was recorded before this call): no speculative read.
             b.writable = true;
-            b.readable = true;
         }
         let id = conn.id;
         if let Some(s) = conn.server {

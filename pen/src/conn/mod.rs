@@ -64,13 +64,14 @@ pub struct Half {
 }
 
 impl Half {
-    /// A fresh half: assume it may be readable and writable until told otherwise, which is
-    /// harmless (a read then just returns WouldBlock).
+    /// A fresh half: writable, and readable only once an event says so. Registering a
+    /// socket (EPOLL_CTL_ADD) reports data that is already waiting, so nothing is missed
+    /// and no read is spent on an empty socket.
     pub fn new(stream: Stream) -> Half {
         Half {
             stream,
             pending: None,
-            readable: true,
+            readable: false,
             writable: true,
             read_closed: false,
             eof: false,
