@@ -277,21 +277,30 @@ impl State {
     }
 
     /// Out of descriptors or memory, on accept or on a backend socket: stop accepting and
-    /// retry shortly. Logged once per episode, which ends when a backend socket opens.
+    /// retry shortly. Logged once per episode, and at most once a minute: a pen hovering at
+    /// its descriptor limit starts a new episode with every connection that closes.
     pub fn exhausted(&mut self, what: &str, e: &io::Error) {
         if !self.emfile {
-            common::diag!(
-                "{what}: {e}; {} connections open, retrying",
-                self.live_conns()
-            );
             self.emfile = true;
+            let now = self.clock.now;
+            let quiet = self
+                .emfile_logged
+                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(60));
+            if !quiet {
+                common::diag!(
+                    "{what}: {e}; {} connections open, retrying",
+                    self.live_conns()
+                );
+                self.emfile_logged = Some(now);
+                self.emfile_said = true;
+            }
         }
         self.accept_retry = Some(self.clock.now + Duration::from_millis(100));
     }
 
     /// A backend socket opened: an out-of-descriptors episode, if any, is over.
     pub fn resources_back(&mut self) {
-        if std::mem::take(&mut self.emfile) {
+        if std::mem::take(&mut self.emfile) && std::mem::take(&mut self.emfile_said) {
             common::diag!("accepting connections again");
         }
     }

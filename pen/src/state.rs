@@ -203,8 +203,11 @@ pub struct State {
     pub accept_more: bool,
     /// Accepting failed for lack of descriptors; retry at this time.
     pub accept_retry: Option<Instant>,
-    /// Accepting failed for lack of resources and that was logged.
+    /// Accepting failed for lack of resources (an episode is under way).
     pub emfile: bool,
+    /// When the shortage was last logged, and whether this episode's was.
+    pub emfile_logged: Option<Instant>,
+    pub emfile_said: bool,
     /// Connections to pump again without waiting for an event.
     pub again: Vec<usize>,
     /// Connections closed in this pass, freed after it.
@@ -241,6 +244,8 @@ impl State {
             accept_more: false,
             accept_retry: None,
             emfile: false,
+            emfile_logged: None,
+            emfile_said: false,
             again: Vec::new(),
             closed: Vec::new(),
             exit: false,

@@ -245,3 +245,64 @@ fn a_second_pen_cannot_share_the_control_port() {
     let (rc, pid, _) = run("penctl", &[&ctl, "pid"]);
     assert_eq!((rc, pid.trim()), (0, _pen.pid().to_string().as_str()));
 }
+
+/// Without `-H`, pen still follows HTTP when it logs: one record per request head, even
+/// when the reads split a request line (the original logged each read, so `GET ` and
+/// `/split HTTP/1.0` became two junk records). Other protocols keep one record per read.
+#[test]
+fn log_records_follow_http_requests_not_reads() {
+    let backend = NameServer::start("A");
+    let dir = temp_dir("logsplit");
+    let log = dir.join("pen.log");
+    let (_pen, addr) = start_pen(&[
+        "-f",
+        "-l",
+        log.to_str().unwrap(),
+        "127.0.0.1:{port}",
+        &backend.spec(),
+    ]);
+    let mut s = connect_from("127.0.0.2", addr);
+    s.set_nodelay(true).unwrap();
+    // Three writes with pauses, so that pen reads them separately, then a second request
+    // on the same connection with a body that looks like a request line.
+    let echoed = |s: &mut std::net::TcpStream, n: usize| {
+        let mut buf = vec![0u8; n];
+        s.read_exact(&mut buf).unwrap();
+    };
+    let mut name = [0u8; 2];
+    s.read_exact(&mut name).unwrap(); // the backend's "A\n": pen is relaying
+    for piece in ["GET ", "/split", " HTTP/1.0\r\nHost: x\r\n\r\n"] {
+        s.write_all(piece.as_bytes()).unwrap();
+        echoed(&mut s, piece.len()); // the echo proves pen read and forwarded it
+    }
+    let post = "POST /p HTTP/1.1\r\nContent-Length: 16\r\n\r\nGET /no HTTP/1.0";
+    s.write_all(post.as_bytes()).unwrap();
+    echoed(&mut s, post.len());
+    drop(s);
+    // A line protocol that is not HTTP: one record per read, as the original.
+    let mut t = connect_from("127.0.0.3", addr);
+    t.read_exact(&mut name).unwrap();
+    t.write_all(b"HELO example\r\n").unwrap();
+    echoed(&mut t, 14);
+    drop(t);
+    wait_until("three log lines", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.lines().count() >= 3)
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    let requests: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(4, ' ').collect();
+            format!("{} {} {}", f[0], f[2], f[3])
+        })
+        .collect();
+    assert_eq!(
+        requests,
+        [
+            "127.0.0.2 127.0.0.1 GET /split HTTP/1.0",
+            "127.0.0.2 127.0.0.1 POST /p HTTP/1.1",
+            "127.0.0.3 127.0.0.1 HELO example",
+        ],
+        "{text}"
+    );
+}

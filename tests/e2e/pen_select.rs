@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::SeqCst;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::util::{self, connect_from, dead_addr, hello_from, which_from, NameServer, Proc};
 
@@ -36,75 +36,14 @@ fn plain(servers: &[&NameServer]) -> Vec<String> {
     servers.iter().map(|s| s.spec()).collect()
 }
 
-/// Starts `pen -f OPTS 127.0.0.1:PORT SERVERS` and waits until it listens.
-///
-/// It waits by looking for pen's listening socket in /proc (Linux) rather than by
-/// connecting as `util::start_pen` does: a probe connection is a client like any other,
-/// so it would move the round-robin cursor and take a client slot, and every expected
-/// landing below would shift by one.
+/// Starts `pen -f OPTS 127.0.0.1:PORT SERVERS` and waits until it listens (without a probe
+/// connection, which would move the round-robin cursor: see `util::start_pen`).
 fn pen(opts: &[&str], servers: &[String]) -> (Proc, SocketAddr) {
-    for _ in 0..5 {
-        let port = util::free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let listen = addr.to_string();
-        let mut args = vec!["-f"];
-        args.extend_from_slice(opts);
-        args.push(&listen);
-        args.extend(servers.iter().map(String::as_str));
-        let mut proc = Proc::start("pen", &args);
-        let end = Instant::now() + util::DEADLINE;
-        loop {
-            if listening(proc.pid(), port) {
-                return (proc, addr);
-            }
-            if proc.child.try_wait().unwrap().is_some() {
-                let code = proc.wait_exit(util::DEADLINE);
-                let out = proc.output();
-                if out.contains("in use") {
-                    break; // port race: try another one
-                }
-                panic!(
-                    "{:?} exited with {code:?} before listening:\n{out}",
-                    proc.argv
-                );
-            }
-            assert!(
-                Instant::now() < end,
-                "{:?} not listening on {addr}:\n{}",
-                proc.argv,
-                proc.output()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-    panic!("could not find a free port for pen");
-}
-
-/// Whether process `pid` holds a TCP socket listening on 127.0.0.1:`port`: a LISTEN (0A)
-/// row of /proc/net/tcp whose inode is one of the process's descriptors.
-fn listening(pid: i32, port: u16) -> bool {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    let inodes: HashSet<String> = fds
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_str()?;
-            let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
-            Some(inode.to_string())
-        })
-        .collect();
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
-    // The kernel prints the address as a native-endian u32 in hex, the port big-endian.
-    let ip = u32::from_ne_bytes([127, 0, 0, 1]);
-    let local = format!("{ip:08X}:{port:04X}");
-    table.lines().skip(1).any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() > 9 && f[1] == local && f[3] == "0A" && inodes.contains(f[9])
-    })
+    let mut args = vec!["-f"];
+    args.extend_from_slice(opts);
+    args.push("127.0.0.1:{port}");
+    args.extend(servers.iter().map(String::as_str));
+    util::start_pen(&args)
 }
 
 /// One connection from each of `froms` in turn, each closed after the greeting: the

@@ -286,7 +286,10 @@ pub fn start_pen(args: &[&str]) -> (Proc, SocketAddr) {
         let mut pen = Proc::start("pen", &argv);
         let end = Instant::now() + DEADLINE;
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // Look for pen's listening socket instead of connecting: a probe connection is
+            // a client like any other (it moves the round-robin cursor, takes a client
+            // slot and counts in the stats).
+            if tcp_listeners(pen.pid()).contains(&addr) {
                 return (pen, addr);
             }
             if let Some(st) = pen.child.try_wait().unwrap() {

@@ -9,6 +9,7 @@ use std::time::Instant;
 use mio::Interest;
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use super::http::XffState;
 use super::stream::Stream;
 use super::{token, Conn, Connecting, Half, Phase, Side};
 use crate::clients::Peer;
@@ -60,7 +61,10 @@ impl State {
             client_slot: slot as u32,
             server: None,
             last_active: self.clock.now,
-            xff: self.settings.http.then(Default::default),
+            // HTTP is followed when headers are to be inserted (-H) or requests logged: a
+            // record per request head, however the reads split it (logging.md §1.2 fix).
+            xff: (self.settings.http || self.log.active())
+                .then(|| Box::new(XffState::new(self.settings.http))),
             up_bytes: 0,
             down_bytes: 0,
         };

@@ -78,6 +78,10 @@ pub struct XffState {
     value_len: u8,
     chunk_size: u64,
     chunk_digits: u8,
+    /// Insert headers (`-H`), or only follow the requests (for the request log).
+    insert: bool,
+    /// The start of a request line that a read split; allocated only then.
+    line: Vec<u8>,
 }
 
 impl Default for XffState {
@@ -100,18 +104,24 @@ impl Default for XffState {
             value_len: 0,
             chunk_size: 0,
             chunk_digits: 0,
+            insert: true,
+            line: Vec::new(),
         }
     }
 }
 
 /// What the scanner found in a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A request (its request line) starts at this offset of the chunk.
-    Request(usize),
+pub enum Event<'a> {
+    /// A complete request line (without CR/LF), however the reads split it: one per
+    /// request head, for the request log.
+    Request(&'a [u8]),
     /// Headers are to be inserted here.
     Insert(Insert),
 }
+
+/// The most bytes of a request line kept across reads (a log record holds less).
+const LINE_MAX: usize = 1024;
 
 /// What to insert at one offset of a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,9 +135,25 @@ pub struct Insert {
 }
 
 impl XffState {
+    /// A scanner that inserts headers (`insert`, for `-H`) or only follows the requests.
+    pub fn new(insert: bool) -> XffState {
+        XffState {
+            insert,
+            ..XffState::default()
+        }
+    }
+
+    /// True once the stream turned out not to be HTTP that can be followed (or was
+    /// upgraded to something else): from then on the scanner reports nothing.
+    pub fn gave_up(&self) -> bool {
+        self.at == At::Passthrough
+    }
+
     /// Scans one chunk read from the client and reports request starts and insertion
     /// points, in increasing offset order.
     pub fn scan(&mut self, chunk: &[u8], mut event: impl FnMut(Event)) {
+        // Where the current request line starts in this chunk, if it is being read.
+        let mut line_from = (self.at == At::RequestLine).then_some(0);
         let mut i = 0;
         while i < chunk.len() {
             let b = chunk[i];
@@ -136,17 +162,28 @@ impl XffState {
                 At::RequestStart => {
                     if b != b'\r' && b != b'\n' {
                         self.begin_request();
-                        event(Event::Request(i));
+                        line_from = Some(i);
                         continue; // reprocess this byte in RequestLine
                     }
                 }
                 At::RequestLine => match b {
                     b'\n' => {
-                        self.rewrite = self.method_is_rewritten();
-                        if self.method_is(b"CONNECT") {
+                        let from = line_from.take().unwrap_or(0);
+                        let line: &[u8] = if self.line.is_empty() {
+                            &chunk[from..i]
+                        } else {
+                            keep(&mut self.line, &chunk[from..i]);
+                            &self.line
+                        };
+                        let line = line.strip_suffix(b"\r").unwrap_or(line);
+                        if !looks_like_request(line) || self.method_is(b"CONNECT") {
+                            // Not HTTP we can follow (or a tunnel): stop here.
                             self.at = At::Passthrough;
                             return;
                         }
+                        event(Event::Request(line));
+                        self.line.clear();
+                        self.rewrite = self.insert && self.method_is_rewritten();
                         self.at = At::LineStart;
                     }
                     b' ' => self.method_done = true,
@@ -289,11 +326,18 @@ impl XffState {
             }
             i += 1;
         }
+        if let (At::RequestLine, Some(from)) = (self.at, line_from) {
+            keep(&mut self.line, &chunk[from..]);
+        }
     }
 
     fn begin_request(&mut self) {
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
         *self = XffState {
             at: At::RequestLine,
+            insert: self.insert,
+            line,
             ..XffState::default()
         };
     }
@@ -393,6 +437,30 @@ impl XffState {
     }
 }
 
+/// Appends `bytes` to a split request line, up to [`LINE_MAX`].
+fn keep(line: &mut Vec<u8>, bytes: &[u8]) {
+    let room = LINE_MAX.saturating_sub(line.len());
+    line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+/// Whether a line is an HTTP/1 request line: a method token of at most 20 letters, a
+/// space, a target, and ` HTTP/d.d` at the end (not checked on a line cut at
+/// [`LINE_MAX`]). Binary and other line protocols (SMTP, SSH, POP…) fail this at once.
+fn looks_like_request(line: &[u8]) -> bool {
+    let Some(sp) = line.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let method = (1..=20).contains(&sp) && line[..sp].iter().all(|b| b.is_ascii_alphabetic());
+    if !method || line.len() <= sp + 1 {
+        return false;
+    }
+    if line.len() >= LINE_MAX {
+        return true;
+    }
+    matches!(line, [.., b' ', b'H', b'T', b'T', b'P', b'/', d, b'.', e]
+        if d.is_ascii_digit() && e.is_ascii_digit())
+}
+
 /// Writes the headers of `ins` for `client` into `out` (`X-Forwarded-Proto` first, as the
 /// original orders them), each ending in CRLF, for insertion at the start of the blank
 /// line that ends the head.
@@ -412,21 +480,21 @@ pub fn render(out: &mut Vec<u8>, ins: Insert, client: &dyn std::fmt::Display, ht
 }
 
 /// Rewrites `chunk` into `out` (cleared first) with the headers inserted, and calls
-/// `request` with the offset of each request that starts in the chunk. Returns false,
-/// leaving `out` empty, when nothing is to be inserted (forward `chunk` as it is).
+/// `request` with each complete request line. Returns false, leaving `out` empty, when
+/// nothing is to be inserted (forward `chunk` as it is).
 pub fn rewrite(
     state: &mut XffState,
     chunk: &[u8],
     client: &dyn std::fmt::Display,
     https: bool,
     out: &mut Vec<u8>,
-    mut request: impl FnMut(usize),
+    mut request: impl FnMut(&[u8]),
 ) -> bool {
     out.clear();
     let mut copied = 0;
     let mut inserted = false;
     state.scan(chunk, |ev| match ev {
-        Event::Request(at) => request(at),
+        Event::Request(line) => request(line),
         Event::Insert(ins) => {
             out.extend_from_slice(&chunk[copied..ins.at]);
             render(out, ins, client, https);
@@ -578,24 +646,69 @@ mod tests {
         assert_eq!(out.matches("X-Forwarded-For").count(), 0);
     }
 
-    #[test]
-    fn request_starts_are_reported_once_per_request() {
-        let req = b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 4\r\n\r\nGET \r\n";
-        let mut st = XffState::default();
+    fn lines(pieces: &[&[u8]], insert: bool) -> Vec<String> {
+        let mut st = XffState::new(insert);
         let mut out = Vec::new();
-        let mut starts = Vec::new();
-        rewrite(&mut st, req, &"x", false, &mut out, |at| starts.push(at));
-        assert_eq!(starts, vec![0, 19]);
-        // Split inside the second request line: reported once, in the second piece.
-        let mut st = XffState::default();
-        let mut starts = Vec::new();
-        rewrite(&mut st, &req[..25], &"x", false, &mut out, |at| {
-            starts.push(at)
-        });
-        rewrite(&mut st, &req[25..], &"x", false, &mut out, |at| {
-            starts.push(at + 25)
-        });
-        assert_eq!(starts, vec![0, 19]);
+        let mut got = Vec::new();
+        for p in pieces {
+            rewrite(&mut st, p, &"x", false, &mut out, |l| {
+                got.push(String::from_utf8_lossy(l).into_owned())
+            });
+        }
+        got
+    }
+
+    #[test]
+    fn one_request_line_per_request_however_split() {
+        let req = b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 4\r\n\r\nGET \r\n\
+                    get /c HTTP/1.0\n\n";
+        let want = ["GET /a HTTP/1.1", "POST /b HTTP/1.1", "get /c HTTP/1.0"];
+        assert_eq!(lines(&[req], true), want);
+        for cut in 0..=req.len() {
+            assert_eq!(
+                lines(&[&req[..cut], &req[cut..]], false),
+                want,
+                "split at {cut}"
+            );
+        }
+        let bytes: Vec<&[u8]> = req.chunks(1).collect();
+        assert_eq!(lines(&bytes, false), want);
+    }
+
+    #[test]
+    fn following_only_never_inserts() {
+        let mut st = XffState::new(false);
+        let mut out = Vec::new();
+        assert!(!rewrite(
+            &mut st,
+            b"GET / HTTP/1.1\r\n\r\n",
+            &"x",
+            false,
+            &mut out,
+            |_| {}
+        ));
+        assert!(!st.gave_up());
+    }
+
+    #[test]
+    fn other_protocols_are_not_taken_for_requests() {
+        for junk in [
+            &b"\x16\x03\x01\x02\x00\n"[..],
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+            b"+OK ready\r\n",
+            b"HELO x\r\n",
+        ] {
+            let mut st = XffState::new(false);
+            let mut out = Vec::new();
+            let mut n = 0;
+            rewrite(&mut st, junk, &"x", false, &mut out, |_| n += 1);
+            assert!(st.gave_up() && n == 0, "{junk:?}");
+        }
+        // A request line longer than LINE_MAX is kept up to LINE_MAX.
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(3000));
+        let got = lines(&[&long.as_bytes()[..1500], &long.as_bytes()[1500..]], false);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].len(), LINE_MAX);
     }
 
     #[test]

@@ -127,14 +127,22 @@ impl Relay<'_> {
                     let log = &mut self.log;
                     let now = self.now;
                     let client = self.client;
+                    let mut logged = false;
                     let rewritten =
-                        http::rewrite(state, chunk, client, false, self.scratch, |at| {
+                        http::rewrite(state, chunk, client, false, self.scratch, |line| {
                             if let Some((sink, server)) = log {
-                                sink.record(client, *server, &chunk[at..], now);
+                                sink.record(client, *server, line, now);
+                                logged = true;
                             }
                         });
                     if rewritten {
                         out = self.scratch;
+                    }
+                    // A stream that is not HTTP keeps the original's rule: a record a read.
+                    if state.gave_up() && !logged {
+                        if let Some((sink, server)) = &mut self.log {
+                            sink.record(self.client, *server, chunk, self.now);
+                        }
                     }
                 }
                 None => {
