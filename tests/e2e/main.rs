@@ -3,6 +3,7 @@
 mod util;
 
 mod logging;
+mod pen_defects;
 mod pen_fixes;
 mod pen_process;
 mod pen_relay;

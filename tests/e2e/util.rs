@@ -629,3 +629,44 @@ pub fn tcp_fd_addrs(pid: i32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
         .find(|(i, _, _, _)| *i == inode)
         .map(|(_, local, remote, _)| (local, remote))
 }
+
+// ---------------------------------------------------------------------------------------
+// Connects that stay pending (pen_defects.rs).
+
+/// The remote addresses of process `pid`'s TCP sockets in state SYN_SENT (a connect
+/// under way).
+pub fn tcp_connecting(pid: i32) -> Vec<SocketAddr> {
+    let inodes: Vec<String> = socket_inodes(pid).into_iter().map(|(_, i)| i).collect();
+    tcp_table()
+        .into_iter()
+        .filter(|(inode, _, _, st)| st == "02" && inodes.contains(inode))
+        .map(|(_, _, remote, _)| remote)
+        .collect()
+}
+
+/// A backend whose connects never complete: it listens with the smallest backlog, never
+/// accepts, and its one queue place is taken by a connection the guard holds, so the
+/// kernel drops every further SYN and a connect to it stays pending.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    _listener: Socket,
+    _filler: TcpStream,
+}
+
+impl BlackHole {
+    pub fn start() -> BlackHole {
+        let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        l.bind(&SockAddr::from(
+            "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+        ))
+        .unwrap();
+        l.listen(0).unwrap();
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        let filler = TcpStream::connect_timeout(&addr, DEADLINE).unwrap();
+        BlackHole {
+            addr,
+            _listener: l,
+            _filler: filler,
+        }
+    }
+}
