@@ -206,7 +206,10 @@ fn user_and_chroot_drop_everything() {
             .split_whitespace()
             .collect::<Vec<_>>()
     };
-    let out = std::process::Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    let out = std::process::Command::new("id")
+        .args(["-u", "nobody"])
+        .output()
+        .unwrap();
     let nobody = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(field("Uid:").iter().all(|u| *u == nobody), "{status}");
     assert!(
