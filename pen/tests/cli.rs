@@ -180,3 +180,19 @@ fn o_replies_go_to_stdout() {
     assert_eq!(o.stdout, "9\n");
     assert_eq!(o.stderr.lines().count(), 1, "{:?}", o.stderr);
 }
+
+#[test]
+fn broken_modes_of_the_original_are_refused() {
+    // dummy and peek crashed or hung the original (pen.md §10.1–2, §13.2 #4), idlers
+    // segfaulted it (#3): refused with one line naming them.
+    let (_l, at) = busy();
+    fails(
+        &["-f", "-O", "dummy", &at, "127.0.0.1:2"],
+        &["dummy: not supported"],
+    );
+    fails(
+        &["-f", "-O", "peek", &at, "127.0.0.1:2"],
+        &["peek: not supported"],
+    );
+    fails(&["-f", "-O", "idlers 2", &at, "127.0.0.1:2"], &["idlers 2"]);
+}

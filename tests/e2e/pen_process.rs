@@ -397,5 +397,11 @@ fn usr1_prints_stats() {
     );
     assert!(out.contains("Active clients:\n"), "{out}");
     assert!(out.contains("address 127.0.0.2\n"), "{out}");
+    // The client block in the intended format (the original printed garbage: #7).
+    assert!(
+        out.contains("Client 0 status:\naddress 127.0.0.2\nlast used ")
+            && out.contains("\nlast server 0\nconnects  1\nsent  "),
+        "{out}"
+    );
     assert!(out.contains("Active connections:\n"), "{out}");
 }
