@@ -17,6 +17,10 @@ pub const DEFAULT_RCVBUF: usize = 32 << 20;
 /// The default window in seconds: a record older than this is never used.
 pub const DEFAULT_WINDOW: u64 = 600;
 
+/// The largest `-w`/`--jitter`: ten years, far beyond any real use, and small enough that
+/// every time computed from it fits an `i64` of milliseconds.
+pub const MAX_WINDOW: u64 = 10 * 365 * 86400;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "penlogd",
@@ -154,6 +158,11 @@ impl Config {
 
     fn from_args(a: Args) -> Result<Config, Error> {
         let window = a.window.unwrap_or(DEFAULT_WINDOW);
+        if window > MAX_WINDOW {
+            return Err(Error::Usage(format!(
+                "window/jitter '{window}' too large (at most {MAX_WINDOW} seconds, 10 years)"
+            )));
+        }
         if let Some(penlog) = a.merge {
             let servers = a
                 .operands
@@ -311,6 +320,9 @@ mod tests {
             &["-q", "9"],
             &["-B", "0", "9"],
             &["-P", "10.0.0.0/33", "9"],
+            &["-w", "99999999999999999", "9"],
+            &["-w", "315360001", "9"],
+            &["--merge", "p", "--jitter", "99999999999999999", "s:f"],
         ] {
             assert!(Config::parse(bad.iter().copied()).is_err(), "{bad:?}");
         }
@@ -333,6 +345,7 @@ mod tests {
             panic!("daemon")
         };
         assert_eq!((m.jitter, m.offset), (5, -3600));
+        assert_eq!(daemon(&["-w", "315360000", "9"]).window, Some(MAX_WINDOW));
         assert_eq!(
             m.servers,
             vec![

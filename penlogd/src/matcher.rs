@@ -128,8 +128,14 @@ impl<C> Matcher<C> {
         let found = loop {
             let idx = (list.head - self.base) as usize;
             let slot = &mut self.ring[idx];
-            let stale = self.window.is_some_and(|w| slot.time < now - w);
-            let future = self.window.is_some_and(|w| slot.time > now + w);
+            // Saturating: a huge window or a far-off log time must not wrap around (which
+            // made nothing match in release builds and panicked in debug ones).
+            let stale = self
+                .window
+                .is_some_and(|w| slot.time < now.saturating_sub(w));
+            let future = self
+                .window
+                .is_some_and(|w| slot.time > now.saturating_add(w));
             if future {
                 return None;
             }
@@ -161,7 +167,7 @@ impl<C> Matcher<C> {
         while self
             .ring
             .front()
-            .is_some_and(|s| s.time < now - w || s.client.is_none())
+            .is_some_and(|s| s.time < now.saturating_sub(w) || s.client.is_none())
         {
             self.pop_front(true);
         }
@@ -298,6 +304,28 @@ mod tests {
         assert_eq!(m.stats.expired, 1);
         assert_eq!(m.take(S2, b"K", 105), Some("front"));
         assert!(m.is_empty() && m.keys.is_empty());
+    }
+
+    #[test]
+    fn huge_windows_and_times_do_not_overflow() {
+        let mut m = Matcher::new(10, Some(i64::MAX), 900);
+        m.record(S2, b"GET /", "a", 5);
+        m.expire(-5);
+        assert_eq!(m.take(S2, b"GET /", 10), Some("a"), "now + w saturates");
+        m.record(S2, b"GET /", "b", i64::MIN);
+        m.expire(-10);
+        assert_eq!(m.take(S2, b"GET /", -10), Some("b"), "now - w saturates");
+        let mut m = Matcher::new(10, Some(1000), 900);
+        m.record(S2, b"GET /", "old", i64::MIN);
+        m.record(S2, b"GET /", "far", i64::MAX);
+        assert_eq!(
+            m.take(S2, b"GET /", i64::MIN + 5000),
+            None,
+            "old expired, far future"
+        );
+        m.record(S2, b"GET /", "new", i64::MAX);
+        assert_eq!(m.take(S2, b"GET /", i64::MAX), Some("far"));
+        assert_eq!(m.take(S2, b"GET /", i64::MAX), Some("new"));
     }
 
     #[test]

@@ -123,9 +123,14 @@ fn merge(
     mut sources: Vec<Source>,
     mut out: impl Write,
 ) -> Result<MergeStats, Error> {
-    let jitter = i64::try_from(cfg.jitter).unwrap_or(i64::MAX / 2000);
-    let mut matcher: Matcher<Rc<str>> =
-        Matcher::new(usize::MAX, Some(jitter * 1000), FILE_REQUEST_MAX);
+    // Saturating throughout: the command line caps --jitter, but a pen line can carry any
+    // epoch, and a wrapped time would match nothing (release) or panic (debug).
+    let jitter = i64::try_from(cfg.jitter).unwrap_or(i64::MAX);
+    let mut matcher: Matcher<Rc<str>> = Matcher::new(
+        usize::MAX,
+        Some(jitter.saturating_mul(1000)),
+        FILE_REQUEST_MAX,
+    );
     let mut stats = MergeStats::default();
     let mut pen_line = Vec::new();
     // The next pen line, read ahead.
@@ -151,7 +156,12 @@ fn merge(
             match &next_pen {
                 Some(e) if e.time <= t.saturating_add(jitter) => {
                     if let Some(e) = next_pen.take() {
-                        matcher.record(&e.server, &e.request, e.client, e.time * 1000);
+                        matcher.record(
+                            &e.server,
+                            &e.request,
+                            e.client,
+                            e.time.saturating_mul(1000),
+                        );
                     }
                 }
                 _ => break,
@@ -407,6 +417,20 @@ mod tests {
         let web = format!("x - - [09/Sep/2001:01:46:40 +0000] \"{long}\" 200 1\n");
         let (out, _) = run_merge(&cfg(5, 0), &pen, &[("10.1.1.1", &web)]);
         assert!(out.starts_with("10.0.0.4 - - "), "{out}");
+    }
+
+    #[test]
+    fn huge_jitter_and_epochs_do_not_overflow() {
+        let pen = "10.0.0.1 -9223372036854775807 s GET /old HTTP/1.0\n\
+                   10.0.0.2 1000000000 s GET / HTTP/1.0\n";
+        let web = "a - - [09/Sep/2001:01:46:40 +0000] \"GET / HTTP/1.0\" 200 1\n";
+        for jitter in [5, 100_000_000_000_000_000, u64::MAX] {
+            let (out, st) = run_merge(&cfg(jitter, 0), pen, &[("s", web)]);
+            assert!(out.starts_with("10.0.0.2 - - "), "jitter {jitter}: {out}");
+            assert_eq!(st.matched, 1);
+        }
+        let (out, _) = run_merge(&cfg(5, i64::MIN), pen, &[("s", web)]);
+        assert!(out.starts_with("a - - "), "offset saturates: {out}");
     }
 
     #[test]

@@ -44,11 +44,28 @@ fn usage_errors_exit_1_on_stderr() {
         &["-n", "0", "9"],
         &["-q", "9"],
         &["-r", "1M", "9"],
+        &["-w", "99999999999999999", "9"],
     ] {
         let o = penlogd(args);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
         assert!(o.stdout.is_empty(), "{args:?}: usage must not go to stdout");
         assert!(!stderr(&o).is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn huge_window_is_refused_clearly() {
+    for args in [
+        &["-w", "99999999999999999", "9"][..],
+        &["--merge", "p", "--jitter", "315360001", "s:f"],
+    ] {
+        let o = penlogd(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&o).contains("too large (at most 315360000 seconds"),
+            "{}",
+            stderr(&o)
+        );
     }
 }
 
