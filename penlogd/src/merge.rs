@@ -31,6 +31,10 @@ pub struct MergeStats {
     pub lines: u64,
     pub matched: u64,
     pub unmatched: u64,
+    /// Pen lines already older than the window when the web logs got to their time.
+    pub pen_stale: u64,
+    /// The most pen lines held at once (a window's worth, whatever the log's length).
+    pub pen_held_max: u64,
 }
 
 /// Runs the merge described by `cfg`, writing to `-l FILE` or stdout.
@@ -50,12 +54,15 @@ pub fn run(cfg: &MergeConfig) -> Result<(), Error> {
     };
     common::debug!(
         1,
-        "merged {} lines ({} matched, {} unmatched) with {} pen lines ({} unparsed)",
+        "merged {} lines ({} matched, {} unmatched) with {} pen lines ({} unparsed, \
+         {} older than every web line's window, at most {} held)",
         stats.lines,
         stats.matched,
         stats.unmatched,
         stats.pen_lines,
-        stats.pen_bad
+        stats.pen_bad,
+        stats.pen_stale,
+        stats.pen_held_max
     );
     Ok(())
 }
@@ -147,6 +154,11 @@ fn merge(
         .min_by_key(|&i| sources[i].time)
     {
         let t = sources[idx].time;
+        // Only a window's worth of pen lines is held: those older than t - jitter can
+        // match nothing any more (the matcher would refuse them), so they are dropped
+        // here rather than piled up, and each pass expires what fell out of the window.
+        // Without this a pen log starting hours before the web logs was read whole.
+        matcher.expire(t.saturating_mul(1000));
         // Read pen lines up to t + jitter into the matcher.
         loop {
             if next_pen.is_none() && !pen_done {
@@ -154,6 +166,10 @@ fn merge(
                 pen_done = next_pen.is_none();
             }
             match &next_pen {
+                Some(e) if e.time < t.saturating_sub(jitter) => {
+                    stats.pen_stale += 1;
+                    next_pen = None;
+                }
                 Some(e) if e.time <= t.saturating_add(jitter) => {
                     if let Some(e) = next_pen.take() {
                         matcher.record(
@@ -167,6 +183,7 @@ fn merge(
                 _ => break,
             }
         }
+        stats.pen_held_max = stats.pen_held_max.max(matcher.len() as u64);
         let src = &sources[idx];
         let line = &src.line;
         stats.lines += 1;
@@ -431,6 +448,36 @@ mod tests {
         }
         let (out, _) = run_merge(&cfg(5, i64::MIN), pen, &[("s", web)]);
         assert!(out.starts_with("a - - "), "offset saturates: {out}");
+    }
+
+    #[test]
+    fn early_pen_lines_are_not_all_held() {
+        // 100,000 pen lines three hours before the web logs start, then the real ones.
+        let mut pen = String::new();
+        for i in 0..100_000 {
+            pen += &format!(
+                "10.1.0.1 {} s GET /early/{i} HTTP/1.0\n",
+                999_989_000 + i / 100
+            );
+        }
+        for i in 0..50 {
+            pen += &format!("10.2.0.{i} {} s GET /now HTTP/1.0\n", 1_000_000_000 + i);
+        }
+        let web: String = (0..50)
+            .map(|i| {
+                let t = chrono::DateTime::from_timestamp(1_000_000_000 + i, 0).unwrap();
+                let t = t.format("%d/%b/%Y:%H:%M:%S +0000");
+                format!("x - - [{t}] \"GET /now HTTP/1.0\" 200 1\n")
+            })
+            .collect();
+        let (out, st) = run_merge(&cfg(5, 0), &pen, &[("s", &web)]);
+        assert_eq!(st.matched, 50, "{out}");
+        assert!(
+            out.lines().last().unwrap().starts_with("10.2.0.49 "),
+            "{out}"
+        );
+        assert_eq!(st.pen_stale, 100_000);
+        assert!(st.pen_held_max <= 11, "held {}", st.pen_held_max);
     }
 
     #[test]
