@@ -21,6 +21,9 @@ pub const FLUSH_DELAY: Duration = Duration::from_millis(10);
 /// The buffer is written out when it holds this much.
 const FLUSH_SIZE: usize = 64 << 10;
 
+/// How often a failing rotation is reported.
+const ROTATE_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// Where lines go.
 enum Target {
     Stdout(io::Stdout),
@@ -47,6 +50,9 @@ pub struct Output {
     /// Epoch second of the next local midnight, for `--daily`.
     next_day: i64,
     compressors: Vec<JoinHandle<()>>,
+    /// Failed rotations, and when one was last reported.
+    rotate_errors: u64,
+    rotate_warned: Option<Instant>,
     /// Write failures (disk full...): lines lost, counted and reported.
     pub write_errors: u64,
     /// Lines written (flushed or not).
@@ -85,6 +91,8 @@ impl Output {
             rotation,
             next_day: next_midnight(),
             compressors: Vec::new(),
+            rotate_errors: 0,
+            rotate_warned: None,
             write_errors: 0,
             lines: 0,
         }
@@ -186,6 +194,12 @@ impl Output {
 
     /// Renames the file aside, reopens it, and compresses the old one in a thread.
     fn rotate(&mut self) {
+        self.rotate_with(open_append, Instant::now());
+    }
+
+    /// [`Output::rotate`] with the opener as a parameter, so that tests can make the
+    /// reopen fail.
+    fn rotate_with(&mut self, open: impl Fn(&Path) -> io::Result<File>, now: Instant) {
         let Target::File { path, file } = &mut self.target else {
             return;
         };
@@ -196,24 +210,44 @@ impl Output {
             aside = PathBuf::from(format!("{}.{stamp}-{n}", path.display()));
             n += 1;
         }
-        if let Err(e) = std::fs::rename(&*path, &aside) {
-            common::diag!("can't rotate {}: {e}", path.display());
-            return;
+        let failure = match std::fs::rename(&*path, &aside) {
+            Err(e) => format!("can't rotate {}: {e}", path.display()),
+            Ok(()) => match open(path) {
+                Ok(f) => {
+                    *file = f;
+                    self.size = 0;
+                    self.compressors.retain(|h| !h.is_finished());
+                    self.compressors.push(std::thread::spawn(move || {
+                        if let Err(e) = gzip(&aside) {
+                            common::diag!("can't compress {}: {e}", aside.display());
+                        }
+                    }));
+                    return;
+                }
+                // Put the file back and keep writing to it: the renamed file is about
+                // to be compressed and removed, so lines written to it would be lost.
+                Err(e) => match std::fs::rename(&aside, &*path) {
+                    Ok(()) => format!("can't reopen {} after rotation: {e}", path.display()),
+                    // Neither: keep writing to the renamed file, and leave it alone.
+                    Err(e2) => format!(
+                        "can't reopen {} after rotation ({e}) nor rename it back ({e2}); \
+                         writing to {}",
+                        path.display(),
+                        aside.display()
+                    ),
+                },
+            },
+        };
+        // A failure repeats at every flush while the size is over the limit: say so
+        // once a minute, not hundreds of times a second.
+        self.rotate_errors += 1;
+        if self
+            .rotate_warned
+            .is_none_or(|t| now.saturating_duration_since(t) >= ROTATE_WARN_EVERY)
+        {
+            self.rotate_warned = Some(now);
+            common::diag!("{failure} ({} failed rotations)", self.rotate_errors);
         }
-        match open_append(path) {
-            Ok(f) => {
-                *file = f;
-                self.size = 0;
-            }
-            // Keep writing to the renamed file rather than lose lines.
-            Err(e) => common::diag!("can't reopen {} after rotation: {e}", path.display()),
-        }
-        self.compressors.retain(|h| !h.is_finished());
-        self.compressors.push(std::thread::spawn(move || {
-            if let Err(e) = gzip(&aside) {
-                common::diag!("can't compress {}: {e}", aside.display());
-            }
-        }));
     }
 
     /// Flushes and waits for compressions in progress (at exit).
@@ -316,6 +350,31 @@ mod tests {
                 .iter()
                 .any(|n| n.starts_with("out.log.") && n.ends_with(".gz")),
             "{names:?}"
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn failed_reopen_after_rotation_loses_nothing() {
+        let d = dir("reopen-fails");
+        let path = d.join("out.log");
+        let mut o = Output::file(&path, true, Rotation::default()).unwrap();
+        line(&mut o, "before\n");
+        o.flush();
+        let t0 = Instant::now();
+        let refuse = |_: &Path| Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        o.rotate_with(refuse, t0);
+        o.rotate_with(refuse, t0 + Duration::from_secs(1));
+        assert_eq!(o.rotate_errors, 2);
+        assert_eq!(o.rotate_warned, Some(t0), "reported once a minute");
+        line(&mut o, "after\n");
+        o.close();
+        assert_eq!(std::fs::read(&path).unwrap(), b"before\nafter\n");
+        let names: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
+        assert_eq!(
+            names.len(),
+            1,
+            "nothing renamed aside or gzipped: {names:?}"
         );
         std::fs::remove_dir_all(d).unwrap();
     }
