@@ -47,21 +47,28 @@ pub struct BufPool {
     // Boxes, not bare buffers: `take` hands out the box itself, so reuse allocates nothing.
     #[allow(clippy::vec_box)]
     free: Vec<Box<Pending>>,
+    /// Capacity held in `free`, in bytes.
+    held: usize,
 }
 
-/// Buffers kept for reuse at most (1 MiB): enough to absorb the churn of a busy loop,
+/// Bytes of spare buffers kept at most (2 MiB): enough to absorb the churn of a busy loop,
 /// small enough that a past burst does not show up as resident memory.
-const KEEP: usize = 32;
+const KEEP_BYTES: usize = 2 << 20;
 
 impl BufPool {
-    /// A pending buffer holding a copy of `data`.
+    /// A pending buffer holding a copy of `data`, sized for it (a bulk transfer's remnant
+    /// can be up to a whole read), reusing a pooled one when it is big enough.
     pub fn take(&mut self, data: &[u8]) -> Box<Pending> {
-        let mut p = self.free.pop().unwrap_or_else(|| {
-            Box::new(Pending {
-                buf: Vec::with_capacity(CHUNK),
+        let mut p = match self.free.pop() {
+            Some(p) => {
+                self.held -= p.buf.capacity();
+                p
+            }
+            None => Box::new(Pending {
+                buf: Vec::with_capacity(data.len().max(CHUNK)),
                 start: 0,
-            })
-        });
+            }),
+        };
         p.buf.clear();
         p.buf.extend_from_slice(data);
         p.start = 0;
@@ -70,8 +77,42 @@ impl BufPool {
 
     /// Returns a drained (or abandoned) buffer to the pool.
     pub fn give(&mut self, p: Box<Pending>) {
-        if self.free.len() < KEEP && p.buf.capacity() <= CHUNK {
+        let cap = p.buf.capacity();
+        if cap <= READ_CHUNK && self.held + cap <= KEEP_BYTES {
+            self.held += cap;
             self.free.push(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_reuses_and_stays_bounded() {
+        let mut pool = BufPool::default();
+        let big = vec![7u8; READ_CHUNK];
+        let mut p = pool.take(&big);
+        assert_eq!(p.bytes(), &big[..]);
+        p.consume(READ_CHUNK - 3);
+        assert_eq!((p.len(), p.is_empty()), (3, false));
+        pool.give(p);
+        let again = pool.take(b"abc");
+        assert!(
+            again.buf.capacity() >= READ_CHUNK,
+            "the big buffer was reused"
+        );
+        assert_eq!(again.bytes(), b"abc");
+        pool.give(again);
+        for _ in 0..100 {
+            let p = pool.take(&big);
+            pool.give(p);
+            let extra: Vec<_> = (0..20).map(|_| pool.take(&big)).collect();
+            for p in extra {
+                pool.give(p);
+            }
+        }
+        assert!(pool.held <= KEEP_BYTES);
     }
 }

@@ -199,6 +199,16 @@ impl Clients {
         &mut self.slots[slot].client
     }
 
+    /// The client in `slot` if it is still `peer`'s: a small table can hand the slot of a
+    /// connection's client to another address while that connection lives, and then the
+    /// connection must not credit (or re-pin) the newcomer.
+    pub fn owned(&mut self, slot: usize, peer: &Peer) -> Option<&mut Client> {
+        self.slots
+            .get_mut(slot)
+            .map(|s| &mut s.client)
+            .filter(|c| c.last != 0 && c.addr.ip() == peer.ip())
+    }
+
     /// The slots in use (`last != 0`), in slot order, for stats and `recent`.
     pub fn used(&self) -> impl Iterator<Item = (usize, &Client)> {
         self.slots
@@ -512,5 +522,27 @@ mod tests {
             }
             assert_eq!(order(&c).len(), c.slots.len());
         }
+    }
+
+    #[test]
+    fn owned_refuses_a_slot_taken_by_another_address() {
+        let a: Peer = "10.0.0.1:1000"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into();
+        let b: Peer = "10.0.0.2:1000"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into();
+        let a2: Peer = "10.0.0.1:2000"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into();
+        let mut c = Clients::new(1);
+        let slot = c.lookup(&a, 1, 0);
+        assert!(c.owned(slot, &a2).is_some(), "same address, other port");
+        assert_eq!(c.lookup(&b, 2, 0), slot, "one slot: b evicts a");
+        assert!(c.owned(slot, &a).is_none());
+        assert!(c.owned(slot, &b).is_some());
     }
 }

@@ -127,8 +127,14 @@ impl Session {
     fn line_end(&self) -> Option<usize> {
         match self.kind {
             Kind::Control => self.input.iter().position(|&b| b == b'\n' || b == b'\r'),
-            // An HTTP request head ends with a blank line; the first line is enough.
-            Kind::Metrics => self.input.iter().position(|&b| b == b'\n'),
+            // An HTTP request head ends with a blank line: read all of it, so that closing
+            // after the reply does not reset the connection under the scraper's feet.
+            Kind::Metrics => {
+                let i = &self.input;
+                i.windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .or_else(|| i.windows(2).position(|w| w == b"\n\n"))
+            }
         }
     }
 
@@ -178,6 +184,15 @@ impl Session {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return Step::Close,
+            }
+        }
+        // Read what the peer may still have sent, so that the close is a FIN, not a reset
+        // (bounded: the socket is non-blocking).
+        let mut sink = [0u8; 512];
+        for _ in 0..16 {
+            match self.stream.read(&mut sink) {
+                Ok(n) if n > 0 => {}
+                _ => break,
             }
         }
         Step::Close

@@ -24,8 +24,9 @@ pub const CONTROL: Token = Token(2);
 /// The Prometheus listener.
 pub const METRICS: Token = Token(3);
 
-/// Open control sessions at most; more are closed at once.
-const MAX_SESSIONS: usize = 64;
+/// Open sessions at most, per kind (so that metrics scrapers cannot crowd out penctl);
+/// more are closed at once.
+const MAX_SESSIONS: usize = 32;
 
 /// What the loop asks of its owner between passes (things that need process context).
 pub trait Host {
@@ -205,9 +206,10 @@ impl State {
             conn.last_active = self.clock.now;
             conn.up_bytes += up;
             conn.down_bytes += down;
-            let c = self.clients.get_mut(conn.client_slot as usize);
-            c.crx += up;
-            c.csx += down;
+            if let Some(c) = self.clients.owned(conn.client_slot as usize, &conn.peer) {
+                c.crx += up;
+                c.csx += down;
+            }
             if let Some(srv) = conn.server.and_then(|s| self.servers.get_mut(s)) {
                 srv.sx += up;
                 srv.rx += down;
@@ -215,20 +217,26 @@ impl State {
         }
         match outcome {
             Outcome::Wait => {}
-            Outcome::Again => self.again.push(key),
+            Outcome::Again => self.again.push((key, conn.id)),
             Outcome::Close => self.close(key),
         }
     }
 
     /// Work done once per pass: queued pumps, accepts, deadlines, freeing closed slots.
     fn pass_end(&mut self) {
-        for key in std::mem::take(&mut self.again) {
-            self.pump(key);
+        for (key, id) in std::mem::take(&mut self.again) {
+            if self.conns.get(key).is_some_and(|c| c.id == id) {
+                self.pump(key);
+            }
         }
         let now = self.clock.now;
-        while let Some((key, id)) = self.timers.pop_due(now) {
-            self.deadline(key, id, now);
+        while let Some((key, id, what)) = self.timers.pop_due(now) {
+            self.deadline(key, id, what, now);
         }
+        let conns = &self.conns;
+        self.timers.compact(conns.len(), |k, id| {
+            conns.get(k).is_some_and(|c| c.id == id)
+        });
         self.session_timers(now);
         if self.accept_retry.is_some_and(|t| t <= now) {
             self.accept_retry = None;
@@ -271,7 +279,13 @@ impl State {
                     self.exhausted("can't accept", &e);
                     return;
                 }
-                Err(e) => common::debug!(1, "accept: {e}"),
+                Err(e) => {
+                    // Any other error (ECONNABORTED and the like): try again shortly
+                    // instead of spinning on a listener that keeps failing.
+                    common::debug!(1, "accept: {e}");
+                    self.accept_retry = Some(self.clock.now + Duration::from_millis(10));
+                    return;
+                }
             }
         }
     }
@@ -356,7 +370,7 @@ impl State {
                 common::debug!(1, "do_ctrl: not from there ({peer})");
                 continue;
             }
-            if self.sessions.len() >= MAX_SESSIONS {
+            if self.sessions.iter().filter(|(_, s)| s.kind == kind).count() >= MAX_SESSIONS {
                 common::debug!(1, "too many control sessions; closing {peer}");
                 continue;
             }

@@ -137,32 +137,66 @@ impl Clock {
     }
 }
 
+/// What a deadline is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Deadline {
+    /// The connect timeout of a connect in flight.
+    Connect,
+    /// The idle timeout of a relaying connection (re-armed lazily from `last_active`).
+    Idle,
+}
+
 /// Connection deadlines (connect timeout, idle timeout) in one heap. Entries are checked
-/// against the connection when they fire, so stale ones cost nothing but a pop.
+/// against the connection when they fire, so stale ones cost a pop; the heap is compacted
+/// when stale entries outnumber live connections, so closed connections cannot pile up.
 #[derive(Debug, Default)]
 pub struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    heap: BinaryHeap<Reverse<(Instant, usize, u64, Deadline)>>,
 }
 
 impl Timers {
-    /// Wakes connection `key` (with id `id`) at `when`.
-    pub fn add(&mut self, when: Instant, key: usize, id: u64) {
-        self.heap.push(Reverse((when, key, id)));
+    /// Wakes connection `key` (with id `id`) at `when` for `what`.
+    pub fn add(&mut self, when: Instant, key: usize, id: u64, what: Deadline) {
+        self.heap.push(Reverse((when, key, id, what)));
     }
 
     /// The earliest deadline.
     pub fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((t, _, _))| *t)
+        self.heap.peek().map(|Reverse((t, ..))| *t)
     }
 
     /// Pops one entry that is due at `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(usize, u64)> {
+    pub fn pop_due(&mut self, now: Instant) -> Option<(usize, u64, Deadline)> {
         match self.heap.peek() {
-            Some(Reverse((t, _, _))) if *t <= now => {
-                self.heap.pop().map(|Reverse((_, key, id))| (key, id))
-            }
+            Some(Reverse((t, ..))) if *t <= now => self
+                .heap
+                .pop()
+                .map(|Reverse((_, key, id, what))| (key, id, what)),
             _ => None,
         }
+    }
+
+    /// Drops the entries of connections that are gone once they outnumber the live ones
+    /// (amortised O(1) per entry).
+    pub fn compact(&mut self, live: usize, alive: impl Fn(usize, u64) -> bool) {
+        if self.heap.len() <= 2 * live + 1024 {
+            return;
+        }
+        let entries = std::mem::take(&mut self.heap).into_vec();
+        self.heap = entries
+            .into_iter()
+            .filter(|Reverse((_, k, id, _))| alive(*k, *id))
+            .collect();
+    }
+
+    /// Number of entries (for tests and stats).
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// True when no deadline is pending.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
     }
 }
 
@@ -208,8 +242,8 @@ pub struct State {
     /// When the shortage was last logged, and whether this episode's was.
     pub emfile_logged: Option<Instant>,
     pub emfile_said: bool,
-    /// Connections to pump again without waiting for an event.
-    pub again: Vec<usize>,
+    /// Connections (key, id) to pump again without waiting for an event.
+    pub again: Vec<(usize, u64)>,
     /// Connections closed in this pass, freed after it.
     pub closed: Vec<usize>,
     /// `exit` or TERM: leave the loop.
@@ -282,5 +316,40 @@ impl fmt::Display for PeerIp<'_> {
             Peer::Ip(a) => write!(f, "{}", a.ip()),
             Peer::Unix => f.write_str("unix"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_pop_in_order_and_compact_stale_entries() {
+        let mut t = Timers::default();
+        let now = Instant::now();
+        t.add(now + Duration::from_secs(2), 1, 10, Deadline::Idle);
+        t.add(now + Duration::from_secs(1), 2, 20, Deadline::Connect);
+        assert_eq!(t.next(), Some(now + Duration::from_secs(1)));
+        assert_eq!(t.pop_due(now), None);
+        assert_eq!(
+            t.pop_due(now + Duration::from_secs(1)),
+            Some((2, 20, Deadline::Connect))
+        );
+        // Thousands of entries of closed connections are dropped once they dominate.
+        for k in 0..5000 {
+            t.add(
+                now + Duration::from_secs(60),
+                100 + k,
+                1000 + k as u64,
+                Deadline::Idle,
+            );
+        }
+        t.compact(1, |k, id| k == 1 && id == 10);
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            t.pop_due(now + Duration::from_secs(2)),
+            Some((1, 10, Deadline::Idle))
+        );
+        assert!(t.is_empty());
     }
 }

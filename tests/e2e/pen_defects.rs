@@ -281,3 +281,23 @@ fn cpu_seconds(pid: i32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
+
+/// Shortening `idle_timeout` at run time applies to connections already open.
+#[test]
+fn shorter_idle_timeout_applies_to_open_connections() {
+    let backend = NameServer::start("A");
+    let (_pen, addr, ctl) = pen_with_control(&["-O", "idle_timeout 3600"], &[&backend.spec()]);
+    let (name, mut held) = hello_from("127.0.0.2", addr);
+    assert_eq!(name, "A");
+    assert_eq!(penctl(&ctl, "idle_timeout 1"), "Idle timeout: 1 seconds\n");
+    // pen closes the idle connection: the client reads EOF well before the hour is up.
+    held.set_read_timeout(Some(DEADLINE)).unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = held.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}

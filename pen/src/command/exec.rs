@@ -243,7 +243,9 @@ impl State {
                 if let Some(v) = v {
                     let was = s.idle_timeout;
                     s.idle_timeout = v.max(0);
-                    if was == 0 && s.idle_timeout > 0 {
+                    // Switched on, or shortened: existing connections get the new deadline
+                    // (a longer one is picked up when their current deadline fires).
+                    if s.idle_timeout > 0 && (was == 0 || s.idle_timeout < was) {
                         self.arm_idle_timers();
                     }
                 }
@@ -512,7 +514,8 @@ impl State {
     fn arm_idle_timers(&mut self) {
         let idle = std::time::Duration::from_secs(self.settings.idle_timeout as u64);
         for (k, c) in self.conns.iter() {
-            self.timers.add(c.last_active + idle, k, c.id);
+            self.timers
+                .add(c.last_active + idle, k, c.id, crate::state::Deadline::Idle);
         }
     }
 }

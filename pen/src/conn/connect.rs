@@ -15,7 +15,7 @@ use super::{token, Conn, Connecting, Half, Phase, Side};
 use crate::clients::Peer;
 use crate::select::{self, Failover, Selection};
 use crate::servers::ServerRef;
-use crate::state::State;
+use crate::state::{Deadline, State};
 use common::net::Endpoint;
 
 /// How the original names a server in diagnostics.
@@ -103,10 +103,11 @@ impl State {
                 common::debug!(2, "server {} not admitted: {why:?}", server_name(s));
                 continue;
             }
-            let Some(ep) = self.servers.get(s).and_then(|srv| srv.endpoint.clone()) else {
+            let peer = conn.peer;
+            let Some(ep) = self.servers.get(s).and_then(|srv| srv.endpoint.as_ref()) else {
                 continue;
             };
-            match self.open_backend(&ep, &conn.peer) {
+            match self.open_backend(ep, &peer) {
                 Ok(stream) => {
                     self.resources_back();
                     self.start_connect(key, s, stream, fo);
@@ -156,13 +157,15 @@ impl State {
         let id = conn.id;
         // The remembered server changes now, even if this connect fails later
         // (pen.md §4.5 step 7): failover stickiness depends on it.
-        self.clients.get_mut(conn.client_slot as usize).server = Some(s);
+        if let Some(c) = self.clients.owned(conn.client_slot as usize, &conn.peer) {
+            c.server = Some(s);
+        }
         self.servers.current = Some(s);
         if let Some(srv) = self.servers.get_mut(s) {
             srv.conns += 1;
         }
         self.pending_connects += 1;
-        self.timers.add(deadline, key, id);
+        self.timers.add(deadline, key, id, Deadline::Connect);
     }
 
     /// A connect in flight had an event: confirm it (`take_error`, then `peer_addr`), or
@@ -208,7 +211,8 @@ impl State {
         self.pending_connects = self.pending_connects.saturating_sub(1);
         if self.settings.idle_timeout > 0 {
             let idle = std::time::Duration::from_secs(self.settings.idle_timeout as u64);
-            self.timers.add(self.clock.now + idle, key, id);
+            self.timers
+                .add(self.clock.now + idle, key, id, Deadline::Idle);
         }
         self.pump(key);
     }
@@ -316,19 +320,21 @@ impl State {
         self.closed.push(key);
     }
 
-    /// A connection's deadline fired: connect timeout, or idle timeout.
-    pub fn deadline(&mut self, key: usize, id: u64, now: Instant) {
+    /// A connection's deadline fired: connect timeout, or idle timeout. An entry that no
+    /// longer applies (the connect completed, the connection is gone) is dropped.
+    pub fn deadline(&mut self, key: usize, id: u64, what: Deadline, now: Instant) {
         let Some(conn) = self.conns.get(key).filter(|c| c.id == id) else {
             return;
         };
-        match &conn.phase {
-            Phase::Closed => {}
-            Phase::Connecting(c) => {
+        match (&conn.phase, what) {
+            (Phase::Closed, _) | (Phase::Connecting(_), Deadline::Idle) => {}
+            (Phase::Relaying, Deadline::Connect) => {}
+            (Phase::Connecting(c), Deadline::Connect) => {
                 if c.deadline <= now {
                     self.connect_failed(key, "connect timeout");
                 }
             }
-            Phase::Relaying => {
+            (Phase::Relaying, Deadline::Idle) => {
                 let idle = self.settings.idle_timeout;
                 if idle > 0 {
                     let due = conn.last_active + std::time::Duration::from_secs(idle as u64);
@@ -336,7 +342,7 @@ impl State {
                         common::debug!(1, "closing connection {key}: idle for {idle} s");
                         self.close(key);
                     } else {
-                        self.timers.add(due, key, id);
+                        self.timers.add(due, key, id, Deadline::Idle);
                     }
                 }
             }
