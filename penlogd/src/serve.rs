@@ -34,6 +34,10 @@ const COALESCE: Duration = Duration::from_millis(1);
 /// How often the kernel drop counter is read while busy.
 const DROP_CHECK: Duration = Duration::from_secs(1);
 
+/// The longest TERM waits for the socket queue to empty: a full 32 MiB buffer of small
+/// datagrams takes about a tenth of that.
+const DRAIN_MAX: Duration = Duration::from_secs(1);
+
 /// Runs the daemon until TERM or INT.
 pub fn run(cfg: DaemonConfig) -> Result<(), Error> {
     common::diag::set_level(u32::from(cfg.debug));
@@ -152,18 +156,8 @@ impl Daemon {
             if p.report {
                 common::diag!("{}", self.stats());
             }
-            let got = match self.batch.recv(fd) {
-                Ok(n) => {
-                    let now = Instant::now();
-                    let ms = now.duration_since(self.epoch).as_millis() as i64;
-                    for i in 0..n {
-                        let (data, from, _) = self.batch.get(i);
-                        let from = from.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-                        let lines = self.join.datagram(data, from, ms, self.out.buf());
-                        self.out.appended(lines, now);
-                    }
-                    n
-                }
+            let got = match self.receive(fd) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -192,9 +186,38 @@ impl Daemon {
                 self.signals.drain();
             }
         }
+        self.drain(fd);
         self.check_drops();
         self.out.close();
         common::diag!("exiting: {}", self.stats());
+    }
+
+    /// Receives one batch and handles it. Returns the number of datagrams.
+    fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = self.batch.recv(fd)?;
+        let now = Instant::now();
+        let ms = now.duration_since(self.epoch).as_millis() as i64;
+        for i in 0..n {
+            let (data, from, _) = self.batch.get(i);
+            let from = from.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            let lines = self.join.datagram(data, from, ms, self.out.buf());
+            self.out.appended(lines, now);
+        }
+        Ok(n)
+    }
+
+    /// At TERM: handles what the socket still holds, so that datagrams sent just before
+    /// the signal are written. Bounded in time, as senders may never stop.
+    fn drain(&mut self, fd: RawFd) {
+        let end = Instant::now() + DRAIN_MAX;
+        while Instant::now() < end {
+            match self.receive(fd) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return, // WouldBlock: empty
+            }
+        }
+        common::diag!("still receiving after {DRAIN_MAX:?}; exiting anyway");
     }
 
     /// Reads the kernel's drop counter and says so when it grew.

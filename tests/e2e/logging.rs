@@ -1,7 +1,7 @@
 //! The logging suite end to end: penlog → penlogd with hand-made pen records (IPv4 and
-//! IPv6), identical concurrent requests, HUP after `mv`, TERM, a 100,000-pair burst, bad
-//! input, the window and source filters, rotation, the offline merge, and finally a real
-//! Apache httpd logging through penlog behind the real pen.
+//! IPv6), identical concurrent requests, HUP after `mv`, TERM (with datagrams queued), a
+//! 100,000-pair burst, bad input, the window and source filters, rotation, the offline
+//! merge, and finally a real Apache httpd logging through penlog behind the real pen.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -191,6 +191,29 @@ fn hup_after_mv_reopens_and_term_flushes() {
     terminate(d);
     assert_eq!(lines(&log), ["after", "last"]);
     assert!(!pidfile.exists(), "pidfile not removed");
+}
+
+/// Datagrams still queued when TERM arrives are written, not thrown away with the socket.
+#[test]
+fn term_writes_queued_datagrams() {
+    const N: usize = 20_000;
+    let dir = temp_dir("term_writes_queued_datagrams");
+    let log = dir.join("out.log");
+    let (d, addr) = start_penlogd("127.0.0.1", &["-l", s(&log)]);
+    let web = udp_from("127.0.0.2");
+    web.connect(addr).unwrap();
+    for i in 0..N {
+        web.send(format!("line {i}\n").as_bytes()).unwrap();
+    }
+    let fin = terminate(d);
+    assert_eq!(fin["dropped"], 0, "the receive buffer overflowed: {fin:?}");
+    let written = lines(&log);
+    assert_eq!(
+        (written.len(), fin["received"]),
+        (N, N as u64),
+        "lines lost at TERM: {fin:?}"
+    );
+    assert_eq!(written.last().map(String::as_str), Some("line 19999"));
 }
 
 /// 100,000 record/line pairs as fast as one thread can send them: every line is written
