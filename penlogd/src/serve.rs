@@ -165,15 +165,17 @@ impl Daemon {
                     0
                 }
             };
-            if got == SLOTS {
-                continue; // more may be queued
-            }
-            // The queue is empty.
+            // Checked before the busy `continue` too: under overload the queue is never
+            // empty, and that is exactly when drops happen and must be reported.
             let now = Instant::now();
             if now.duration_since(drops_checked) >= DROP_CHECK {
                 self.check_drops();
                 drops_checked = now;
             }
+            if got == SLOTS {
+                continue; // more may be queued
+            }
+            // The queue is empty.
             let timeout = self.out.idle(now);
             if got > 0 {
                 // Traffic is flowing: let a batch build up before the next system call
