@@ -2,7 +2,9 @@
 //! the source and the time): store a pen record, or rewrite the web lines it holds.
 //!
 //! Kinds are told apart as the original did (spec §3.1, §5): a datagram starting with `+`
-//! is a pen record, anything else holds web lines. Unlike the original, a datagram holding
+//! is a pen record, anything else holds web lines; but a `+` datagram that is no record is
+//! a web line when its source may send them and it has their shape, or its source may not
+//! send records (the original dropped it). Unlike the original, a datagram holding
 //! several lines is split into them, a line without a request or with no match is written
 //! unchanged (never dropped), and bad input of any kind is counted and skipped.
 
@@ -55,8 +57,7 @@ impl Join {
             self.stats.empty += 1;
             return 0;
         };
-        if first == b'+' {
-            self.record(data, from, now);
+        if first == b'+' && self.record(data, from, now) {
             return 0;
         }
         if !allowed(&self.web_from, from) {
@@ -92,23 +93,40 @@ impl Join {
         }
     }
 
-    fn record(&mut self, data: &[u8], from: IpAddr, now: i64) {
-        if !allowed(&self.pen_from, from) {
-            self.stats.refused += 1;
-            common::debug!(1, "refusing pen record from {from}");
-            return;
-        }
-        match Record::parse(data) {
-            Ok(r) => {
+    /// Handles a datagram starting with `+`. Returns false when it is not a record but a
+    /// web line that happens to start with `+` (`LogFormat "%X %h ..."` does that), for
+    /// the caller to handle as one.
+    fn record(&mut self, data: &[u8], from: IpAddr, now: i64) -> bool {
+        let pen_ok = allowed(&self.pen_from, from);
+        let web_ok = allowed(&self.web_from, from);
+        let e = match Record::parse(data) {
+            Ok(r) if pen_ok => {
                 self.stats.records += 1;
                 let (key, len) = ip_key(r.server);
                 self.matcher.record(&key[..len], r.request, r.client, now);
+                return true;
             }
-            Err(e) => {
-                self.stats.bad_records += 1;
-                common::debug!(1, "discarding bogus pen record from {from}: {e}");
+            Ok(_) => {
+                self.stats.refused += 1;
+                common::debug!(1, "refusing pen record from {from}");
+                return true;
             }
+            Err(e) => e,
+        };
+        // Not a record. From a source that may send web lines it is one when the source
+        // may not send records, or when it has a web line's shape (a host field, then a
+        // quoted request) that no record has; otherwise it is a bad record.
+        if web_ok && (!pen_ok || looks_like_web_line(data)) {
+            return false;
         }
+        if pen_ok {
+            self.stats.bad_records += 1;
+            common::debug!(1, "discarding bogus pen record from {from}: {e}");
+        } else {
+            self.stats.refused += 1;
+            common::debug!(1, "refusing pen record from {from}");
+        }
+        true
     }
 
     fn line(&mut self, line: &[u8], from: IpAddr, now: i64, out: &mut Vec<u8>) {
@@ -134,6 +152,14 @@ impl Join {
         out.extend_from_slice(line);
         out.push(b'\n');
     }
+}
+
+/// True when the first line of `data` has a host field followed by a quoted request, as
+/// access log lines do and pen records (`+ CLIENT SERVER REQUEST`, unquoted) do not.
+fn looks_like_web_line(data: &[u8]) -> bool {
+    let line = &data[..find(data, b'\n').unwrap_or(data.len())];
+    let w = WebLine::parse(line);
+    w.host_end.is_some() && w.request.is_some()
 }
 
 /// Appends `ip` as text; IPv4, by far the usual case, without the formatting machinery
@@ -352,6 +378,45 @@ mod tests {
         }
         let s = j.snapshot();
         assert_eq!((s.empty, s.bad_records, s.records), (2, 3, 1));
+    }
+
+    #[test]
+    fn web_lines_starting_with_plus_are_web_lines() {
+        // LogFormat "%X %h %l %u %t \"%r\" %>s %b": %X is + for a kept-alive connection.
+        let plus = b"+ 127.0.0.1 - - [x] \"GET /k HTTP/1.1\" 200 1\n";
+        let mut j = join();
+        feed(
+            &mut j,
+            "127.0.0.1",
+            b"+ 10.0.0.1 127.0.0.2 GET /k HTTP/1.1\n",
+        );
+        assert_eq!(
+            feed(&mut j, "127.0.0.2", plus),
+            "10.0.0.1 127.0.0.1 - - [x] \"GET /k HTTP/1.1\" 200 1\n"
+        );
+        assert_eq!(
+            feed(&mut j, "127.0.0.2", plus),
+            String::from_utf8_lossy(plus),
+            "unmatched"
+        );
+        let s = j.snapshot();
+        assert_eq!((s.records, s.bad_records, s.lines, s.matched), (1, 0, 2, 1));
+        // A source allowed only for web lines: any + line that is not a record.
+        let mut j = Join::new(
+            10,
+            None,
+            vec![Net::parse("127.0.0.1").unwrap()],
+            vec![Net::parse("127.0.0.2").unwrap()],
+        );
+        assert_eq!(
+            feed(&mut j, "127.0.0.2", b"+ odd format\n"),
+            "+ odd format\n"
+        );
+        // From a pen-only source the same lines are bad records, and refused elsewhere.
+        assert_eq!(feed(&mut j, "127.0.0.1", plus), "");
+        assert_eq!(feed(&mut j, "127.0.0.9", plus), "");
+        let s = j.snapshot();
+        assert_eq!((s.lines, s.bad_records, s.refused), (1, 1, 1));
     }
 
     #[test]
