@@ -47,6 +47,7 @@ pub fn run(cfg: &MergeConfig) -> Result<(), Error> {
     }
     let stats = match &cfg.out {
         Some(p) => {
+            refuse_input_as_output(cfg, p)?;
             let f = File::create(p).map_err(|e| Error::Open(p.clone(), e))?;
             merge(cfg, pen, sources, BufWriter::new(f))?
         }
@@ -64,6 +65,28 @@ pub fn run(cfg: &MergeConfig) -> Result<(), Error> {
         stats.pen_stale,
         stats.pen_held_max
     );
+    Ok(())
+}
+
+/// `-l OUT` naming an input (by any path: same device and inode) would truncate it before
+/// it is read.
+fn refuse_input_as_output(cfg: &MergeConfig, out: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(o) = std::fs::metadata(out) else {
+        return Ok(()); // not there yet: not an input
+    };
+    let inputs = std::iter::once(&cfg.penlog).chain(cfg.servers.iter().map(|(_, p)| p));
+    for input in inputs {
+        if let Ok(i) = std::fs::metadata(input) {
+            if (i.dev(), i.ino()) == (o.dev(), o.ino()) {
+                return Err(Error::Usage(format!(
+                    "output '{}' is the input '{}'; refusing to overwrite it",
+                    out.display(),
+                    input.display()
+                )));
+            }
+        }
+    }
     Ok(())
 }
 

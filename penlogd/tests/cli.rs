@@ -178,3 +178,50 @@ fn merge_errors() {
         stderr(&o)
     );
 }
+
+#[test]
+fn merge_refuses_an_input_as_output() {
+    let dir = temp("merge-in-out");
+    let pen = dir.join("pen.log");
+    let web = dir.join("web.log");
+    let link = dir.join("link.log");
+    let pen_text = "10.0.0.1 1000000000 s GET / HTTP/1.0\n";
+    let web_text = "x - - [09/Sep/2001:01:46:40 +0000] \"GET / HTTP/1.0\" 200 1\n";
+    std::fs::write(&pen, pen_text).unwrap();
+    std::fs::write(&web, web_text).unwrap();
+    std::os::unix::fs::symlink(&web, &link).unwrap();
+    let server = format!("s:{}", web.display());
+    for (out, what) in [(&pen, &pen), (&web, &web), (&link, &web)] {
+        let o = penlogd(&[
+            "--merge",
+            pen.to_str().unwrap(),
+            "-l",
+            out.to_str().unwrap(),
+            &server,
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert_eq!(
+            stderr(&o),
+            format!(
+                "penlogd: output '{}' is the input '{}'; refusing to overwrite it\n",
+                out.display(),
+                what.display()
+            )
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&pen).unwrap(), pen_text);
+    assert_eq!(std::fs::read_to_string(&web).unwrap(), web_text);
+    let out = dir.join("out.log");
+    let o = penlogd(&[
+        "--merge",
+        pen.to_str().unwrap(),
+        "-l",
+        out.to_str().unwrap(),
+        &server,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .starts_with("10.0.0.1 - - "));
+    std::fs::remove_dir_all(dir).unwrap();
+}
