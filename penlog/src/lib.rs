@@ -5,12 +5,14 @@
 //! Unlike the original, a line is never split over several datagrams (penlogd dropped the
 //! pieces as bogus) and never cut at a NUL: a line of up to [`MAX_DATAGRAM`] bytes goes
 //! out whole, and a longer one is truncated to that size with its LF kept. Nothing here
-//! can block or stop the web server: the socket is non-blocking, a failed send is counted
-//! and skipped, and the counts are reported on stderr (Apache's error log) at exit.
+//! can block or stop the web server: the socket is non-blocking, a full send buffer is
+//! waited on once for at most [`SEND_WAIT`], a failed send is counted and skipped, and the counts are reported on stderr (Apache's error log) at exit.
 
 use std::fmt;
 use std::io::{self, BufRead, ErrorKind};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
 
 use clap::Parser;
 use common::addr::{parse_port, Proto};
@@ -170,14 +172,23 @@ impl Sender {
 
     /// Sends one datagram, counting failures in `sum`.
     fn send(&self, line: &[u8], sum: &mut Summary) {
-        for attempt in 0..2 {
+        let (mut refused, mut waited) = (false, false);
+        loop {
             match self.sock.send(line) {
                 Ok(_) => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 // The error belongs to an earlier datagram (ICMP port unreachable); this one
                 // was not sent, and the error is now cleared, so try once more.
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused && attempt == 0 => {
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused && !refused => {
+                    refused = true;
                     sum.refused += 1;
+                }
+                // The send buffer is full for a moment (a burst of lines): wait for room
+                // once, briefly, rather than lose the line at once. Bounded, so that the
+                // web server is never held up for long.
+                Err(e) if e.kind() == ErrorKind::WouldBlock && !waited => {
+                    waited = true;
+                    wait_writable(self.sock.as_raw_fd(), SEND_WAIT);
                 }
                 Err(e) => {
                     sum.unsent += 1;
@@ -187,6 +198,23 @@ impl Sender {
             }
         }
     }
+}
+
+/// The longest penlog waits for room in a full send buffer before counting a line as
+/// unsent.
+const SEND_WAIT: Duration = Duration::from_millis(50);
+
+/// Waits until `fd` is writable or `limit` passes (an interrupted wait just returns: the
+/// caller tries once more either way).
+fn wait_writable(fd: RawFd, limit: Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
 /// Reads lines without ever holding more than one datagram, and sends each.
@@ -266,6 +294,42 @@ mod tests {
         let (n, from) = sock.recv_from(&mut buf).unwrap();
         buf.truncate(n);
         (buf, from)
+    }
+
+    #[test]
+    fn full_send_buffer_is_waited_on_briefly() {
+        // A Unix datagram pair stands in for a UDP socket whose send buffer is full: sends
+        // fail with EAGAIN until the peer reads.
+        let (tx, rx) = Socket::pair(Domain::UNIX, Type::DGRAM, None).unwrap();
+        tx.set_nonblocking(true).unwrap();
+        let sender = Sender {
+            sock: tx,
+            dest: "127.0.0.1:9".parse().unwrap(),
+        };
+        let mut queued = 0;
+        while sender.sock.send(b"fill\n").is_ok() {
+            queued += 1;
+        }
+        let mut sum = Summary::default();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            let mut buf = [std::mem::MaybeUninit::new(0u8); 16];
+            rx.recv(&mut buf).unwrap();
+            rx
+        });
+        sender.send(b"waited\n", &mut sum);
+        assert_eq!(
+            sum.unsent, 0,
+            "room made within the wait: {:?}",
+            sum.last_error
+        );
+        let rx = reader.join().unwrap();
+        let t0 = std::time::Instant::now();
+        sender.send(b"lost\n", &mut sum);
+        assert_eq!(sum.unsent, 1, "still full after the wait");
+        assert!(t0.elapsed() >= SEND_WAIT && t0.elapsed() < 20 * SEND_WAIT);
+        assert!(queued > 0);
+        drop(rx);
     }
 
     #[test]
