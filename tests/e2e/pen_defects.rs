@@ -272,16 +272,6 @@ fn wait_connect_unix(path: &std::path::Path) -> std::os::unix::net::UnixStream {
     }
 }
 
-/// CPU seconds (user + system) of process `pid`.
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 /// Shortening `idle_timeout` at run time applies to connections already open.
 #[test]
 fn shorter_idle_timeout_applies_to_open_connections() {

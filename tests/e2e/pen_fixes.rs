@@ -8,17 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// CPU seconds (user + system) pen has used, from /proc/PID/stat.
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("pen's stat");
-    // Fields after the ")" that ends the command name: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 /// With `-b 0` nothing is ever blacklisted; the original then retried the dead servers of
 /// one connection forever at 100% CPU and never answered the client. Each connection now
 /// tries each candidate once and is closed.
