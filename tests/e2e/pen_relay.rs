@@ -3,7 +3,7 @@
 //! isolation of broken connections, `idle_timeout` and the request log (pen.md §5, §6, §8.1).
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -226,44 +226,6 @@ fn pattern_check(off: u64, data: &[u8], scratch: &mut Vec<u8>) -> Result<(), u64
     }
     let at = data.iter().zip(scratch.iter()).take_while(|(a, b)| a == b);
     Err(off + at.count() as u64)
-}
-
-/// Starts pen listening on `ip` at a free port (`{port}` in `args`), retrying on a port race.
-fn start_pen_at(ip: IpAddr, args: &[&str]) -> (Proc, SocketAddr) {
-    for _ in 0..5 {
-        let port = TcpListener::bind((ip, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = SocketAddr::new(ip, port);
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| a.replace("{port}", &port.to_string()))
-            .collect();
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut pen = Proc::start("pen", &argv);
-        let end = Instant::now() + DEADLINE;
-        loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return (pen, addr);
-            }
-            if let Some(st) = pen.child.try_wait().unwrap() {
-                if pen.output().contains("in use") {
-                    break;
-                }
-                panic!("pen {args:?} exited with {st}:\n{}", pen.output());
-            }
-            assert!(
-                Instant::now() < end,
-                "pen {args:?} not listening:\n{}",
-                pen.output()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = pen.wait_exit(DEADLINE);
-    }
-    panic!("could not find a free port for pen on {ip}");
 }
 
 /// Polls until a Unix socket at `path` accepts connections.

@@ -275,9 +275,19 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 /// Starts pen with `args` on a free port `127.0.0.1:P`; `args` may use `{port}` for P.
 /// Retries with another port if the first one was taken meanwhile.
 pub fn start_pen(args: &[&str]) -> (Proc, SocketAddr) {
+    start_pen_at(Ipv4Addr::LOCALHOST.into(), args)
+}
+
+/// [`start_pen`] on another loopback address (e.g. `::1`): `{port}` in `args` becomes a
+/// port that was free on `ip`.
+pub fn start_pen_at(ip: std::net::IpAddr, args: &[&str]) -> (Proc, SocketAddr) {
     for _ in 0..5 {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let port = TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = SocketAddr::new(ip, port);
         let args: Vec<String> = args
             .iter()
             .map(|a| a.replace("{port}", &port.to_string()))
