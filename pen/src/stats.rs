@@ -111,18 +111,19 @@ fn live(state: &State) -> impl Iterator<Item = (usize, &Conn)> {
         .filter(|(_, c)| !matches!(c.phase, Phase::Closed))
 }
 
-/// What the stats show of one connection.
-struct ConnRow {
-    down: i32,
-    up: i32,
+/// What the stats and the `connection` command show of one connection.
+pub struct ConnRow {
+    pub down: i32,
+    pub up: i32,
     /// Bytes waiting to go to the client / to the server.
-    pend_down: usize,
-    pend_up: usize,
-    server: i64,
+    pub pend_down: usize,
+    pub pend_up: usize,
+    pub server: i64,
 }
 
 impl ConnRow {
-    fn of(c: &Conn) -> ConnRow {
+    /// The row of connection `c`.
+    pub fn of(c: &Conn) -> ConnRow {
         ConnRow {
             down: c.client.stream.raw_fd(),
             up: c.backend.as_ref().map_or(-1, |b| b.stream.raw_fd()),

@@ -462,14 +462,18 @@ impl State {
             return Ok(format!("Connection {n} out of range\n"));
         };
         let (state, down, up, client, server, pend) = match self.conns.get(k) {
-            Some(c) => (
-                c.state_bits(),
-                c.client.stream.raw_fd(),
-                c.backend.as_ref().map_or(-1, |b| b.stream.raw_fd()),
-                i64::from(c.client_slot),
-                crate::stats::server_index(c.server),
-                (c.client.pending_len() + c.backend.as_ref().map_or(0, |b| b.pending_len())) as i64,
-            ),
+            Some(c) => {
+                let r = crate::stats::ConnRow::of(c);
+                let pend = (r.pend_down + r.pend_up) as i64;
+                (
+                    c.state_bits(),
+                    r.down,
+                    r.up,
+                    i64::from(c.client_slot),
+                    r.server,
+                    pend,
+                )
+            }
             None => (0, -1, -1, -1, -1, 0),
         };
         Ok(format!(
