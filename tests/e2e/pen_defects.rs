@@ -291,3 +291,29 @@ fn shorter_idle_timeout_applies_to_open_connections() {
         started.elapsed()
     );
 }
+
+/// #18: growing `conn_max` at run time keeps the open connections and takes effect at once
+/// (the original overflowed arrays sized at startup).
+#[test]
+fn growing_conn_max_keeps_connections_and_admits_more() {
+    let backend = NameServer::start("A");
+    let (_pen, addr, ctl) = pen_with_control(&["-x", "1"], &[&backend.spec()]);
+    let (name, mut first) = hello_from("127.0.0.2", addr);
+    assert_eq!(name, "A");
+    // The table is full: the second client waits in the backlog, unanswered.
+    let mut second = connect_from("127.0.0.3", addr);
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 2];
+    assert!(second.read_exact(&mut buf).is_err(), "served beyond -x 1");
+    assert_eq!(penctl(&ctl, "conn_max 2"), "2\n");
+    second.set_read_timeout(Some(DEADLINE)).unwrap();
+    second.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"A\n");
+    // And the first connection still works.
+    first.write_all(b"ping\n").unwrap();
+    let mut back = [0u8; 5];
+    first.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping\n");
+}
