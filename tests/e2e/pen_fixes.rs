@@ -131,7 +131,10 @@ fn no_log_stops_udp_records() {
     let (rc, out, _) = run("penctl", &[ctl_s, "log", &target]);
     assert_eq!((rc, out.as_str()), (0, format!("{target}\n").as_str()));
     request(addr, "/again");
-    assert_eq!(expect_record(&u, "/again"), "+ 127.0.0.2 127.0.0.1 GET /again HTTP/1.0\n");
+    assert_eq!(
+        expect_record(&u, "/again"),
+        "+ 127.0.0.2 127.0.0.1 GET /again HTTP/1.0\n"
+    );
 }
 
 /// The network log target may be IPv6 (the original's was IPv4 only).
