@@ -65,6 +65,10 @@ pub fn run(
             }
         }
         state.clock = Clock::read();
+        if !events.is_empty() && state.settings.busy_poll > 0 {
+            let window = Duration::from_micros(state.settings.busy_poll.into());
+            state.spin_until = Some(state.clock.now + window);
+        }
         let mut signalled = false;
         for ev in events.iter() {
             match ev.token() {
@@ -101,9 +105,11 @@ pub fn run(
 }
 
 impl State {
-    /// How long `poll` may wait: until the next deadline, or not at all when work is queued.
+    /// How long `poll` may wait: until the next deadline, or not at all when work is queued
+    /// or the `busy_poll` window since the last events is still open.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.again.is_empty() || (self.accept_more && self.can_accept()) {
+        let spinning = self.spin_until.is_some_and(|t| self.clock.now < t);
+        if spinning || !self.again.is_empty() || (self.accept_more && self.can_accept()) {
             return Some(Duration::ZERO);
         }
         let sessions = self.sessions.iter().map(|(_, s)| s.next_timer()).min();

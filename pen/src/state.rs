@@ -37,6 +37,8 @@ pub struct Settings {
     pub idle_timeout: i64,
     pub pending_max: usize,
     pub multi_accept: usize,
+    /// Microseconds to keep polling without sleeping after events (`busy_poll`), 0 = off.
+    pub busy_poll: u32,
     pub conn_max: usize,
     pub http: bool,
     pub ascii: bool,
@@ -77,6 +79,7 @@ impl Default for Settings {
             idle_timeout: 0,
             pending_max: 100,
             multi_accept: 100,
+            busy_poll: 0,
             conn_max: 500,
             http: false,
             ascii: false,
@@ -237,6 +240,8 @@ pub struct State {
     pub accept_more: bool,
     /// Accepting failed for lack of descriptors; retry at this time.
     pub accept_retry: Option<Instant>,
+    /// With `busy_poll`: poll without sleeping until then.
+    pub spin_until: Option<Instant>,
     /// Accepting failed for lack of resources (an episode is under way).
     pub emfile: bool,
     /// When the shortage was last logged, and whether this episode's was.
@@ -277,6 +282,7 @@ impl State {
             accept_paused: false,
             accept_more: false,
             accept_retry: None,
+            spin_until: None,
             emfile: false,
             emfile_logged: None,
             emfile_said: false,

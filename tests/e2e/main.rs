@@ -8,4 +8,5 @@ mod pen_fixes;
 mod pen_process;
 mod pen_relay;
 mod pen_select;
+mod pen_tuning;
 mod penctl;

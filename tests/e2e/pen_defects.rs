@@ -10,37 +10,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// `-u nobody` when running as root (pen opens no control port for root otherwise).
-fn as_user() -> Vec<&'static str> {
-    // SAFETY: getuid has no preconditions.
-    if unsafe { libc::getuid() } == 0 {
-        vec!["-u", "nobody"]
-    } else {
-        Vec::new()
-    }
-}
-
-/// Starts pen with a TCP control port; returns it with the control address.
-fn pen_with_control(opts: &[&str], servers: &[&str]) -> (Proc, SocketAddr, String) {
-    let ctl = format!("127.0.0.1:{}", free_port());
-    let user = as_user();
-    let mut args = vec!["-f", "-C", &ctl];
-    args.extend(user.iter());
-    args.extend_from_slice(opts);
-    args.push("127.0.0.1:{port}");
-    args.extend_from_slice(servers);
-    let (pen, addr) = start_pen(&args);
-    wait_for_port(ctl.parse().unwrap());
-    (pen, addr, ctl)
-}
-
-fn penctl(ctl: &str, cmd: &str) -> String {
-    let words: Vec<&str> = std::iter::once(ctl).chain(cmd.split(' ')).collect();
-    let (rc, out, err) = run("penctl", &words);
-    assert_eq!(rc, 0, "penctl {cmd}: {err}");
-    out
-}
-
 /// The `conn` column of `servers` for server `n`.
 fn conns(ctl: &str, n: usize) -> u32 {
     let out = penctl(ctl, "servers");

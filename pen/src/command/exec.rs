@@ -274,6 +274,12 @@ impl State {
                 }
                 s.multi_accept as i64
             }
+            IntSetting::BusyPoll => {
+                if let Some(v) = v.and_then(|v| u32::try_from(v).ok()) {
+                    s.busy_poll = v;
+                }
+                s.busy_poll as i64
+            }
         };
         Ok(format!("{reply}\n"))
     }

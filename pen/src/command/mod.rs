@@ -89,6 +89,7 @@ pub enum IntSetting {
     Idlers,
     PendingMax,
     MultiAccept,
+    BusyPoll,
 }
 
 /// On/off settings (control.md §3.2).

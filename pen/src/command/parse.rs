@@ -163,8 +163,9 @@ const FLAGS: [(&str, Flag); 13] = [
     ("abort_on_error", Flag::AbortOnError),
 ];
 
-/// Integer settings by command name (control.md §3.1; `multi_accept` is ours, for `-m`).
-const INTS: [(&str, IntSetting); 13] = [
+/// Integer settings by command name (control.md §3.1; `multi_accept`, for `-m`, and
+/// `busy_poll` are ours).
+const INTS: [(&str, IntSetting); 14] = [
     ("blacklist", IntSetting::Blacklist),
     ("timeout", IntSetting::Timeout),
     ("tracking", IntSetting::Tracking),
@@ -178,6 +179,7 @@ const INTS: [(&str, IntSetting); 13] = [
     ("idlers", IntSetting::Idlers),
     ("pending_max", IntSetting::PendingMax),
     ("multi_accept", IntSetting::MultiAccept),
+    ("busy_poll", IntSetting::BusyPoll),
 ];
 
 /// Commands of features this build does not have (TLS settings, direct server return).
@@ -190,6 +192,9 @@ const UNSUPPORTED: [&str; 7] = [
     "dsr_if",
     "dsr_ip",
 ];
+
+/// Longest `busy_poll` window: 10 ms, beyond which sleeping is always cheaper.
+const BUSY_POLL_MAX: i64 = 10_000;
 
 const INT_MIN: i64 = i32::MIN as i64;
 const INT_MAX: i64 = i32::MAX as i64;
@@ -284,6 +289,7 @@ fn int_range(setting: IntSetting) -> (i64, i64, &'static str) {
         }
         ClientAcl | ControlAcl => (0, ACLS - 1, "an ACL number from 0 to 9"),
         TarpitAcl => (-1, ACLS - 1, "an ACL number from -1 to 9"),
+        BusyPoll => (0, BUSY_POLL_MAX, "a number of microseconds from 0 to 10000"),
     }
 }
 
@@ -694,6 +700,14 @@ mod tests {
         assert!(err("idlers -1").ends_with("got '-1'"));
         assert!(err("debug -1").ends_with("got '-1'"));
         assert_eq!(i("debug 0"), Command::Int(Debug, Some(0)));
+        assert_eq!(i("busy_poll 0"), Command::Int(BusyPoll, Some(0)));
+        assert_eq!(i("busy_poll 10000"), Command::Int(BusyPoll, Some(10_000)));
+        assert_eq!(i("busy_poll"), Command::Int(BusyPoll, None));
+        assert_eq!(
+            err("busy_poll 10001"),
+            "busy_poll: expected a number of microseconds from 0 to 10000, got '10001'"
+        );
+        assert!(err("busy_poll -1").ends_with("got '-1'"));
         for name in ["clients_max", "conn_max", "pending_max", "multi_accept"] {
             assert!(err(&format!("{name} 0")).contains("from 1 to 1000000"));
             assert!(err(&format!("{name} -1")).contains("from 1 to 1000000"));
