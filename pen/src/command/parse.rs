@@ -193,7 +193,8 @@ const UNSUPPORTED: [&str; 7] = [
     "dsr_ip",
 ];
 
-/// Longest `busy_poll` window: 10 ms, beyond which sleeping is always cheaper.
+/// Longest `busy_poll` window (10 ms): spinning through longer gaps costs far more than
+/// the few microseconds a wake-up does.
 const BUSY_POLL_MAX: i64 = 10_000;
 
 const INT_MIN: i64 = i32::MIN as i64;
