@@ -219,20 +219,11 @@ fn debug_level_3_dumps_payloads() {
 fn a_second_pen_cannot_share_the_control_port() {
     let backend = NameServer::start("A");
     let spec = backend.spec();
-    let ctl = format!("127.0.0.1:{}", free_port());
-    let user: &[&str] = if unsafe { libc::getuid() } == 0 {
-        &["-u", "nobody"]
-    } else {
-        &[]
-    };
-    let mut first = vec!["-f", "-C", &ctl];
-    first.extend_from_slice(user);
-    first.extend_from_slice(&["127.0.0.1:{port}", &spec]);
-    let (_pen, _) = start_pen(&first);
-    wait_for_port(ctl.parse().unwrap());
+    let (_pen, _, ctl) = pen_with_control(&[], &[&spec]);
+    let user = as_user();
     let second_listen = format!("127.0.0.1:{}", free_port());
     let mut second = vec!["-f", "-C", &ctl];
-    second.extend_from_slice(user);
+    second.extend_from_slice(&user);
     second.extend_from_slice(&[&second_listen, &spec]);
     let (rc, out, err) = run("pen", &second);
     assert_eq!(rc, 1, "second pen on {ctl}: stdout {out:?} stderr {err:?}");
