@@ -90,6 +90,7 @@ pub enum IntSetting {
     PendingMax,
     MultiAccept,
     BusyPoll,
+    PollNap,
 }
 
 /// On/off settings (control.md §3.2).
