@@ -57,18 +57,11 @@ pub fn run(
     state.registry = Some(poll.registry().try_clone()?);
     state.accept_more = true;
     let mut events = Events::with_capacity(1024);
-    set_fine_timer_slack();
-    // Events the last pass handled: the load signal for `poll_nap`.
-    let mut batch = 0;
     while !state.exit {
-        match plan_wait(state.poll_timeout(), batch, state.settings.poll_nap) {
-            Wait::Poll(timeout) => poll_once(poll, &mut events, timeout)?,
-            Wait::Nap(nap) => {
-                poll_once(poll, &mut events, Some(Duration::ZERO))?;
-                if events.is_empty() {
-                    std::thread::sleep(nap);
-                    poll_once(poll, &mut events, Some(Duration::ZERO))?;
-                }
+        let timeout = state.poll_timeout();
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(e);
             }
         }
         state.clock = Clock::read();
@@ -76,10 +69,8 @@ pub fn run(
             let window = Duration::from_micros(state.settings.busy_poll.into());
             state.spin_until = Some(state.clock.now + window);
         }
-        batch = 0;
         let mut signalled = false;
         for ev in events.iter() {
-            batch += 1;
             match ev.token() {
                 LISTEN => state.accept_more = true,
                 SIGNAL => signalled = true,
@@ -111,54 +102,6 @@ pub fn run(
     }
     state.shutdown();
     Ok(())
-}
-
-/// A pass that handled at least this many events counts as busy for `poll_nap`: more
-/// than one stream of work was ready at once.
-const NAP_MIN_BATCH: usize = 2;
-
-/// How the loop waits for its next events.
-#[derive(Debug, PartialEq)]
-enum Wait {
-    /// Block in `epoll_wait` for at most this long (`None`: no limit).
-    Poll(Option<Duration>),
-    /// Look without blocking; if nothing is ready, sleep this long and look again.
-    ///
-    /// While pen sleeps outside `epoll_wait`, nobody waits on its epoll instance, so the
-    /// peers' writes queue readiness without having to wake pen's CPU: on a busy box that
-    /// wake-up (an inter-processor interrupt, a VM exit under a hypervisor) costs the
-    /// clients' and servers' CPUs more than the nap costs in latency.
-    Nap(Duration),
-}
-
-/// Chooses the next wait: nap after a busy pass (`poll_nap` on), else block until the
-/// next deadline. Never naps past a deadline or when work is already queued.
-fn plan_wait(timeout: Option<Duration>, last_batch: usize, poll_nap_us: u32) -> Wait {
-    let nap = Duration::from_micros(poll_nap_us.into());
-    let busy = poll_nap_us > 0 && last_batch >= NAP_MIN_BATCH;
-    match timeout {
-        Some(t) if t < nap => Wait::Poll(timeout),
-        _ if busy => Wait::Nap(nap),
-        _ => Wait::Poll(timeout),
-    }
-}
-
-/// One `epoll_wait`; a signal that interrupts it is not an error (the pipe reports it).
-fn poll_once(poll: &mut Poll, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
-    match poll.poll(events, timeout) {
-        Err(e) if e.kind() != ErrorKind::Interrupted => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// Asks the kernel to wake pen's timers within 1 µs of their time instead of the default
-/// 50 µs slack, which would stretch a 20 µs nap to 70 µs.
-fn set_fine_timer_slack() {
-    // SAFETY: PR_SET_TIMERSLACK takes one integer and only changes this thread's slack.
-    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong) };
-    if rc != 0 {
-        common::diag!("cannot set the timer slack: {}", io::Error::last_os_error());
-    }
 }
 
 impl State {
@@ -534,37 +477,4 @@ pub fn out_of_resources(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const US: Duration = Duration::from_micros(1);
-
-    #[test]
-    fn naps_only_after_a_busy_pass() {
-        assert_eq!(plan_wait(None, 2, 20), Wait::Nap(20 * US));
-        assert_eq!(
-            plan_wait(Some(Duration::from_secs(3)), 9, 20),
-            Wait::Nap(20 * US)
-        );
-        assert_eq!(plan_wait(None, 1, 20), Wait::Poll(None));
-        assert_eq!(plan_wait(None, 0, 20), Wait::Poll(None));
-    }
-
-    #[test]
-    fn poll_nap_0_always_blocks() {
-        assert_eq!(plan_wait(None, 100, 0), Wait::Poll(None));
-        let t = Some(Duration::from_millis(5));
-        assert_eq!(plan_wait(t, 100, 0), Wait::Poll(t));
-    }
-
-    #[test]
-    fn never_naps_past_a_deadline_or_queued_work() {
-        let zero = Some(Duration::ZERO);
-        assert_eq!(plan_wait(zero, 100, 20), Wait::Poll(zero));
-        assert_eq!(plan_wait(Some(5 * US), 100, 20), Wait::Poll(Some(5 * US)));
-        assert_eq!(plan_wait(Some(20 * US), 100, 20), Wait::Nap(20 * US));
-    }
 }

@@ -39,8 +39,6 @@ pub struct Settings {
     pub multi_accept: usize,
     /// Microseconds to keep polling without sleeping after events (`busy_poll`), 0 = off.
     pub busy_poll: u32,
-    /// Microseconds to sleep outside `epoll_wait` after a busy pass (`poll_nap`), 0 = off.
-    pub poll_nap: u32,
     pub conn_max: usize,
     pub http: bool,
     pub ascii: bool,
@@ -82,7 +80,6 @@ impl Default for Settings {
             pending_max: 100,
             multi_accept: 100,
             busy_poll: 0,
-            poll_nap: 20,
             conn_max: 500,
             http: false,
             ascii: false,

@@ -1081,7 +1081,6 @@ fn write_emits_the_original_lines_in_the_original_order() {
             "no source",
             "multi_accept 100",
             "busy_poll 0",
-            "poll_nap 20",
             "conn_max 500",
             "clients_max 2048",
         ]

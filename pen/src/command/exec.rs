@@ -280,12 +280,6 @@ impl State {
                 }
                 s.busy_poll as i64
             }
-            IntSetting::PollNap => {
-                if let Some(v) = v.and_then(|v| u32::try_from(v).ok()) {
-                    s.poll_nap = v;
-                }
-                s.poll_nap as i64
-            }
         };
         Ok(format!("{reply}\n"))
     }

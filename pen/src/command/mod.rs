@@ -90,7 +90,6 @@ pub enum IntSetting {
     PendingMax,
     MultiAccept,
     BusyPoll,
-    PollNap,
 }
 
 /// On/off settings (control.md §3.2).

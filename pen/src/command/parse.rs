@@ -164,8 +164,8 @@ const FLAGS: [(&str, Flag); 13] = [
 ];
 
 /// Integer settings by command name (control.md §3.1; `multi_accept`, for `-m`, and
-/// `busy_poll` and `poll_nap` are ours).
-const INTS: [(&str, IntSetting); 15] = [
+/// `busy_poll` are ours).
+const INTS: [(&str, IntSetting); 14] = [
     ("blacklist", IntSetting::Blacklist),
     ("timeout", IntSetting::Timeout),
     ("tracking", IntSetting::Tracking),
@@ -180,7 +180,6 @@ const INTS: [(&str, IntSetting); 15] = [
     ("pending_max", IntSetting::PendingMax),
     ("multi_accept", IntSetting::MultiAccept),
     ("busy_poll", IntSetting::BusyPoll),
-    ("poll_nap", IntSetting::PollNap),
 ];
 
 /// Commands of features this build does not have (TLS settings, direct server return).
@@ -197,9 +196,6 @@ const UNSUPPORTED: [&str; 7] = [
 /// Longest `busy_poll` window (10 ms): spinning through longer gaps costs far more than
 /// the few microseconds a wake-up does.
 const BUSY_POLL_MAX: i64 = 10_000;
-
-/// Longest `poll_nap` (1 ms): a longer nap adds latency and saves no more wake-ups.
-const POLL_NAP_MAX: i64 = 1_000;
 
 const INT_MIN: i64 = i32::MIN as i64;
 const INT_MAX: i64 = i32::MAX as i64;
@@ -295,7 +291,6 @@ fn int_range(setting: IntSetting) -> (i64, i64, &'static str) {
         ClientAcl | ControlAcl => (0, ACLS - 1, "an ACL number from 0 to 9"),
         TarpitAcl => (-1, ACLS - 1, "an ACL number from -1 to 9"),
         BusyPoll => (0, BUSY_POLL_MAX, "a number of microseconds from 0 to 10000"),
-        PollNap => (0, POLL_NAP_MAX, "a number of microseconds from 0 to 1000"),
     }
 }
 
@@ -714,13 +709,6 @@ mod tests {
             "busy_poll: expected a number of microseconds from 0 to 10000, got '10001'"
         );
         assert!(err("busy_poll -1").ends_with("got '-1'"));
-        assert_eq!(i("poll_nap 0"), Command::Int(PollNap, Some(0)));
-        assert_eq!(i("poll_nap 1000"), Command::Int(PollNap, Some(1_000)));
-        assert_eq!(i("poll_nap"), Command::Int(PollNap, None));
-        assert_eq!(
-            err("poll_nap 1001"),
-            "poll_nap: expected a number of microseconds from 0 to 1000, got '1001'"
-        );
         for name in ["clients_max", "conn_max", "pending_max", "multi_accept"] {
             assert!(err(&format!("{name} 0")).contains("from 1 to 1000000"));
             assert!(err(&format!("{name} -1")).contains("from 1 to 1000000"));

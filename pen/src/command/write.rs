@@ -19,7 +19,7 @@
 //! Additions after the original's last line, for settings it never saved but our parser
 //! reads back: `idle_timeout N`, `pending_max N`, `keepalive`/`no keepalive`,
 //! `transparent`/`no transparent`, `source X`/`no source`, `multi_accept N`,
-//! `busy_poll N`, `poll_nap N`, `conn_max N`, `clients_max N` (the last two only grow on reload).
+//! `busy_poll N`, `conn_max N`, `clients_max N` (the last two only grow on reload).
 //!
 //! Still only in the restart comment, as in the original: the listener, the control
 //! socket, `-U -f -X -e -B -j -p -u`. Names with spaces (paths, log targets) cannot be
@@ -97,7 +97,6 @@ pub fn config(state: &State, file: &Path, now_local: &str) -> String {
     }
     let _ = writeln!(out, "multi_accept {}", s.multi_accept);
     let _ = writeln!(out, "busy_poll {}", s.busy_poll);
-    let _ = writeln!(out, "poll_nap {}", s.poll_nap);
     let _ = writeln!(out, "conn_max {}", s.conn_max);
     let _ = writeln!(out, "clients_max {}", state.clients.capacity());
     out
@@ -298,7 +297,6 @@ no transparent
 no source
 multi_accept 100
 busy_poll 0
-poll_nap 20
 conn_max 500
 clients_max 2048
 ";
@@ -394,7 +392,6 @@ clients_max 2048
             "source 127.0.0.1",
             "multi_accept 3",
             "busy_poll 50",
-            "poll_nap 35",
             "conn_max 900",
             "clients_max 5000",
         ] {
