@@ -11,7 +11,6 @@ use crate::command::parse_line;
 use crate::conn::relay::{Outcome, Relay};
 use crate::conn::{untoken, Phase, Side};
 use crate::control::{self, Kind, Session, Step, FIRST_SESSION_TOKEN};
-use crate::logsink::ServerAddr;
 use crate::signals::Signals;
 use crate::state::{Clock, PeerIp, State};
 
@@ -187,9 +186,6 @@ impl State {
                 .and_then(|s| s.endpoint.as_ref()),
             false => None,
         };
-        let server_ip = server
-            .filter(|ep| self.log.sends_server(ep))
-            .map(ServerAddr);
         let peer = conn.peer;
         let client = PeerIp(&peer);
         let mut relay = Relay {
@@ -197,9 +193,7 @@ impl State {
             scratch: &mut self.scratch,
             pool: &mut self.pool,
             fastclose: self.settings.fastclose,
-            log: server_ip
-                .as_ref()
-                .map(|s| (&mut self.log, s as &dyn std::fmt::Display)),
+            log: server.map(|s| (&mut self.log, s)),
             client: &client,
             now: self.clock.wall,
             dump: common::diag::enabled(3).then_some(self.settings.ascii),

@@ -50,8 +50,8 @@ pub struct LogSink {
     /// Records written or sent, and records dropped (full socket buffer, send error).
     pub records: u64,
     pub dropped: u64,
-    /// Times records were withheld because their server is not IPv4 and the target is
-    /// (see [`LogSink::sends_server`]); warned about once.
+    /// Records withheld because their server is not IPv4 and the target is (see
+    /// [`LogSink::sends_server`]); warned about once.
     pub skipped: u64,
     warned_skip: bool,
 }
@@ -122,26 +122,27 @@ impl LogSink {
     /// IPv4; so over an IPv4 target only IPv4 servers are sent (an IPv4-mapped address is
     /// written as a dotted quad by [`ServerAddr`]), and over IPv6 everything is. The file
     /// target takes everything.
-    pub fn sends_server(&mut self, server: &Endpoint) -> bool {
-        let ok = match (&self.target, server) {
+    pub fn sends_server(&self, server: &Endpoint) -> bool {
+        match (&self.target, server) {
             (Some(Target::Net { v6: false, .. }), Endpoint::Inet(a)) => match a.ip() {
                 IpAddr::V4(_) => true,
                 IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
             },
             (Some(Target::Net { v6: false, .. }), Endpoint::Unix(_)) => false,
             _ => true,
-        };
-        if !ok {
-            self.skipped += 1;
-            if !self.warned_skip {
-                self.warned_skip = true;
-                common::diag!(
-                    "not sending log records for server {server} to an IPv4 log target: \
-                     the original penlogd crashes on them; log to penlogd over IPv6 to get them"
-                );
-            }
         }
-        ok
+    }
+
+    /// Counts a record withheld by [`LogSink::sends_server`]; the first one is reported.
+    fn withhold(&mut self, server: &Endpoint) {
+        self.skipped += 1;
+        if !self.warned_skip {
+            self.warned_skip = true;
+            common::diag!(
+                "not sending log records for server {server} to an IPv4 log target: \
+                 the original penlogd crashes on them; log to penlogd over IPv6 to get them"
+            );
+        }
     }
 
     /// Reopens a file target (HUP, for rotation with `mv`). A network target is left alone.
@@ -153,9 +154,14 @@ impl LogSink {
         Ok(())
     }
 
-    /// Logs one request: `request` is the chunk starting at the request (cut at CR/LF by
-    /// the record format).
-    pub fn record(&mut self, client: &dyn Display, server: &dyn Display, request: &[u8], now: i64) {
+    /// Logs one request to `server`: `request` is the chunk starting at the request (cut
+    /// at CR/LF by the record format).
+    pub fn record(&mut self, client: &dyn Display, server: &Endpoint, request: &[u8], now: i64) {
+        if !self.sends_server(server) {
+            self.withhold(server);
+            return;
+        }
+        let server = &ServerAddr(server);
         match &self.target {
             None => {}
             Some(Target::File { .. }) => {
@@ -260,7 +266,12 @@ mod tests {
         assert!(sink.sends_server(&mapped));
         assert!(!sink.sends_server(&v6));
         assert!(!sink.sends_server(&unix));
-        assert_eq!(sink.skipped, 2);
+        // Counted per record, not per check.
+        assert_eq!(sink.skipped, 0);
+        sink.record(&"127.0.0.2", &v6, b"GET / HTTP/1.0\r\n", 0);
+        sink.record(&"127.0.0.2", &unix, b"GET / HTTP/1.0\r\n", 0);
+        sink.record(&"127.0.0.2", &v4, b"GET / HTTP/1.0\r\n", 0);
+        assert_eq!((sink.skipped, sink.records), (2, 1));
         assert_eq!(ServerAddr(&mapped).to_string(), "10.0.0.1");
         if let Ok(u6) = UdpSocket::bind("[::1]:0") {
             sink.open(&format!("[::1]:{}", u6.local_addr().unwrap().port()))

@@ -484,7 +484,7 @@ pub fn prometheus(state: &State) -> String {
         (
             "log_records_withheld_total",
             "counter",
-            "Times records for a non-IPv4 server were withheld from an IPv4 log target.",
+            "Records for a non-IPv4 server withheld from an IPv4 log target.",
             state.log.skipped.to_string(),
         ),
     ];

@@ -155,7 +155,8 @@ fn log_target_may_be_ipv6() {
 }
 
 /// Records naming an IPv6 server go only to an IPv6 log target: the original penlogd,
-/// which listens on IPv4 only, crashes on them (logging.md §5).
+/// which listens on IPv4 only, crashes on them (logging.md §5). `stats` counts each
+/// withheld record once, however many relay passes its connection took.
 #[test]
 fn ipv6_server_records_only_to_an_ipv6_target() {
     let Ok(listener) = std::net::TcpListener::bind("[::1]:0") else {
@@ -172,13 +173,21 @@ fn ipv6_server_records_only_to_an_ipv6_target() {
     let spec = format!("[::1]:{}", backend.port());
     let u4 = udp_listener("127.0.0.1:0");
     let t4 = u4.local_addr().unwrap().to_string();
-    let (pen4, addr4) = start_pen(&["-f", "-l", &t4, "127.0.0.1:{port}", &spec]);
-    request(addr4, "/v6server");
+    let (pen4, addr4, ctl) = pen_with_control(&["-l", &t4], &[&spec]);
+    for _ in 0..3 {
+        request(addr4, "/v6server");
+    }
     pen4.wait_output("not sending log records for server", DEADLINE);
     let mut buf = [0u8; 2048];
     assert!(
         u4.recv(&mut buf).is_err(),
         "an IPv4 target got a record for an IPv6 server"
+    );
+    // Each request has returned: pen has closed its connection, so all is counted.
+    let stats = penctl(&ctl, "stats");
+    assert!(
+        stats.lines().any(|l| l == "log_records_withheld_total 3"),
+        "{stats}"
     );
 
     let u6 = udp_listener("[::1]:0");

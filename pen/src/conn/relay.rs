@@ -11,6 +11,8 @@ use std::fmt::Display;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
 
+use common::net::Endpoint;
+
 use super::http::{self, XffState};
 use super::{Conn, Half};
 use crate::bufpool::BufPool;
@@ -39,8 +41,8 @@ pub struct Relay<'a> {
     pub scratch: &'a mut Vec<u8>,
     pub pool: &'a mut BufPool,
     pub fastclose: Fastclose,
-    /// Request log and the server address to put in its records.
-    pub log: Option<(&'a mut LogSink, &'a dyn Display)>,
+    /// Request log and the server to name in its records.
+    pub log: Option<(&'a mut LogSink, &'a Endpoint)>,
     /// The client's address as it appears in headers and log records.
     pub client: &'a dyn Display,
     /// Wall-clock seconds, for file log lines.
@@ -131,7 +133,7 @@ impl Relay<'_> {
                     let rewritten =
                         http::rewrite(state, chunk, client, false, self.scratch, |line| {
                             if let Some((sink, server)) = log {
-                                sink.record(client, *server, line, now);
+                                sink.record(client, server, line, now);
                                 logged = true;
                             }
                         });
@@ -141,13 +143,13 @@ impl Relay<'_> {
                     // A stream that is not HTTP keeps the original's rule: a record a read.
                     if state.gave_up() && !logged {
                         if let Some((sink, server)) = &mut self.log {
-                            sink.record(self.client, *server, chunk, self.now);
+                            sink.record(self.client, server, chunk, self.now);
                         }
                     }
                 }
                 None => {
                     if let Some((sink, server)) = &mut self.log {
-                        sink.record(self.client, *server, chunk, self.now);
+                        sink.record(self.client, server, chunk, self.now);
                     }
                 }
             }
