@@ -22,6 +22,10 @@ use crate::logsink::LogSink;
 /// Reads per direction per wake-up before yielding to other connections.
 const BUDGET: usize = 16;
 
+/// Bytes per direction per wake-up before yielding to other connections: four whole
+/// reads, so that one bulk transfer does not hold up the rest of the loop for long.
+const BUDGET_BYTES: usize = 4 << 20;
+
 /// What the loop should do with the connection after a pump.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -116,12 +120,14 @@ impl Relay<'_> {
         if !prepare(src, dst, self.pool)? {
             return Ok(Flow::Idle);
         }
+        let mut moved = 0;
         for _ in 0..BUDGET {
             let n = match read_chunk(src, self.buf)? {
                 Got::Data(n) => n,
                 Got::Eof => return finish_eof(dst),
                 Got::Blocked => return Ok(Flow::Idle),
             };
+            moved += n;
             let chunk = &self.buf[..n];
             let mut out: &[u8] = chunk;
             match xff.as_deref_mut() {
@@ -163,6 +169,9 @@ impl Relay<'_> {
             if !src.readable {
                 return Ok(Flow::Idle);
             }
+            if moved >= BUDGET_BYTES {
+                break;
+            }
         }
         Ok(Flow::Budget)
     }
@@ -172,12 +181,14 @@ impl Relay<'_> {
         if !prepare(src, dst, self.pool)? {
             return Ok(Flow::Idle);
         }
+        let mut moved = 0;
         for _ in 0..BUDGET {
             let n = match read_chunk(src, self.buf)? {
                 Got::Data(n) => n,
                 Got::Eof => return finish_eof(dst),
                 Got::Blocked => return Ok(Flow::Idle),
             };
+            moved += n;
             if let Some(ascii) = self.dump {
                 dump(&self.buf[..n], ascii);
             }
@@ -187,6 +198,9 @@ impl Relay<'_> {
             }
             if !src.readable {
                 return Ok(Flow::Idle);
+            }
+            if moved >= BUDGET_BYTES {
+                break;
             }
         }
         Ok(Flow::Budget)
