@@ -17,6 +17,12 @@ pub const DEFAULT_RCVBUF: usize = 32 << 20;
 /// The default window in seconds: a record older than this is never used.
 pub const DEFAULT_WINDOW: u64 = 600;
 
+/// How long a web line with no record yet waits for one, in milliseconds.
+pub const DEFAULT_HOLD_MS: u64 = 200;
+
+/// The longest `-H`: a minute; a longer wait delays every line that never matches.
+pub const MAX_HOLD_MS: u64 = 60_000;
+
 /// The largest `-w`/`--jitter`: ten years, far beyond any real use, and small enough that
 /// every time computed from it fits an `i64` of milliseconds.
 pub const MAX_WINDOW: u64 = 10 * 365 * 86400;
@@ -70,6 +76,11 @@ struct Args {
         value_name = "SECS"
     )]
     window: Option<u64>,
+    /// Let a web line that arrives before its pen record wait MS milliseconds for it
+    /// (0: write it unchanged at once) [default: 200].
+    #[arg(short = 'H', long = "hold", value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(..=MAX_HOLD_MS))]
+    hold: Option<u64>,
     /// Accept pen records only from NET (ADDR or ADDR/PREFIX; repeatable).
     #[arg(short = 'P', long = "pen-from", value_name = "NET", value_parser = Net::parse)]
     pen_from: Vec<Net>,
@@ -122,6 +133,8 @@ pub struct DaemonConfig {
     pub rcvbuf: usize,
     /// Window in seconds; `None` = no limit.
     pub window: Option<u64>,
+    /// Milliseconds an early web line waits for its record; 0 = none.
+    pub hold_ms: u64,
     pub pen_from: Vec<Net>,
     pub web_from: Vec<Net>,
     pub rotate_size: Option<u64>,
@@ -204,6 +217,7 @@ impl Config {
                 .unwrap_or(usize::MAX)
                 .min(i32::MAX as usize),
             window: (window > 0).then_some(window),
+            hold_ms: a.hold.unwrap_or(DEFAULT_HOLD_MS),
             pen_from: a.pen_from,
             web_from: a.web_from,
             rotate_size: a.rotate_size,

@@ -7,6 +7,11 @@
 //! send records (the original dropped it). Unlike the original, a datagram holding
 //! several lines is split into them, a line without a request or with no match is written
 //! unchanged (never dropped), and bad input of any kind is counted and skipped.
+//!
+//! A web line that arrives before its record (UDP reordering, a slow pen: the original
+//! never matched it, spec §6) waits up to the hold time in a second matcher keyed like
+//! the first; a record that finds it there completes it at once instead of being stored.
+//! A line whose wait ends is written unchanged.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -25,6 +30,8 @@ pub const KEY_MAX: usize = 900;
 /// Joins records and lines.
 pub struct Join {
     matcher: Matcher<IpAddr>,
+    /// Lines waiting for a late record; `None` when the hold time is 0.
+    held: Option<Matcher<Held>>,
     pen_from: Vec<Net>,
     web_from: Vec<Net>,
     scratch: Vec<u8>,
@@ -32,16 +39,25 @@ pub struct Join {
     pub stats: Stats,
 }
 
+/// A web line waiting for its record, with the end of its host field.
+struct Held {
+    line: Box<[u8]>,
+    host_end: usize,
+}
+
 impl Join {
-    /// `records` = matcher capacity; `window_ms` = maximal record age.
+    /// `records` = capacity of each matcher; `window_ms` = maximal record age; `hold_ms`
+    /// = how long an unmatched line waits for a late record (0: not at all).
     pub fn new(
         records: usize,
         window_ms: Option<i64>,
+        hold_ms: i64,
         pen_from: Vec<Net>,
         web_from: Vec<Net>,
     ) -> Join {
         Join {
             matcher: Matcher::new(records, window_ms, KEY_MAX),
+            held: (hold_ms > 0).then(|| Matcher::new(records, Some(hold_ms), KEY_MAX)),
             pen_from,
             web_from,
             scratch: Vec::with_capacity(KEY_MAX),
@@ -53,20 +69,24 @@ impl Join {
     /// to `out`. Returns the number of lines appended.
     pub fn datagram(&mut self, data: &[u8], from: IpAddr, now: i64, out: &mut Vec<u8>) -> usize {
         self.stats.received += 1;
+        let mut n = self.release_held(now, out);
         let Some(&first) = data.first() else {
             self.stats.empty += 1;
-            return 0;
+            return n;
         };
-        if first == b'+' && self.record(data, from, now) {
-            return 0;
+        if first == b'+' {
+            if let Some(completed) = self.record(data, from, now, out) {
+                return n + completed;
+            }
+            // Otherwise a web line that starts with '+'.
         }
         if !allowed(&self.web_from, from) {
             self.stats.refused += 1;
             common::debug!(1, "refusing web line from {from}");
-            return 0;
+            return n;
         }
         self.matcher.expire(now);
-        let mut n = 0;
+        let mut lines = 0;
         let mut rest = data;
         while !rest.is_empty() {
             let (line, next) = match find(rest, b'\n') {
@@ -74,15 +94,50 @@ impl Join {
                 None => (rest, &rest[rest.len()..]),
             };
             if !line.is_empty() {
-                self.line(line, from, now, out);
-                n += 1;
+                n += self.line(line, from, now, out);
+                lines += 1;
             }
             rest = next;
         }
-        if n == 0 {
+        if lines == 0 {
             self.stats.empty += 1;
         }
         n
+    }
+
+    /// Writes unchanged the held lines whose wait is over at `now`. Returns how many.
+    pub fn release_held(&mut self, now: i64, out: &mut Vec<u8>) -> usize {
+        let Some(held) = self.held.as_mut() else {
+            return 0;
+        };
+        let mut n = 0;
+        held.expire_with(now, |h| {
+            write_unchanged(out, &h.line);
+            n += 1;
+        });
+        self.stats.unmatched += n as u64;
+        self.stats.waiting -= n as u64;
+        n
+    }
+
+    /// Writes every held line unchanged (at exit). Returns how many.
+    pub fn release_all(&mut self, out: &mut Vec<u8>) -> usize {
+        let Some(held) = self.held.as_mut() else {
+            return 0;
+        };
+        let mut n = 0;
+        held.drain(|h| {
+            write_unchanged(out, &h.line);
+            n += 1;
+        });
+        self.stats.unmatched += n as u64;
+        self.stats.waiting -= n as u64;
+        n
+    }
+
+    /// When the oldest held line's wait ends (ms), if any line is held.
+    pub fn next_release(&self) -> Option<i64> {
+        self.held.as_ref().and_then(|h| h.next_expiry())
     }
 
     /// The matcher's eviction and expiry counts, with the other counters.
@@ -93,23 +148,38 @@ impl Join {
         }
     }
 
-    /// Handles a datagram starting with `+`. Returns false when it is not a record but a
-    /// web line that happens to start with `+` (`LogFormat "%X %h ..."` does that), for
-    /// the caller to handle as one.
-    fn record(&mut self, data: &[u8], from: IpAddr, now: i64) -> bool {
+    /// Handles a datagram starting with `+`: returns the number of lines written (a held
+    /// line the record completes), or `None` when it is not a record but a web line that
+    /// happens to start with `+` (`LogFormat "%X %h ..."` does that), for the caller to
+    /// handle as one.
+    fn record(&mut self, data: &[u8], from: IpAddr, now: i64, out: &mut Vec<u8>) -> Option<usize> {
         let pen_ok = allowed(&self.pen_from, from);
         let web_ok = allowed(&self.web_from, from);
         let e = match Record::parse(data) {
             Ok(r) if pen_ok => {
                 self.stats.records += 1;
                 let (key, len) = ip_key(r.server);
+                // Held lines past their time were released above with this `now`, so
+                // `take` drops none unwritten. An empty hold (the usual case: records
+                // come first) costs no lookup.
+                let early = self
+                    .held
+                    .as_mut()
+                    .filter(|h| !h.is_empty())
+                    .and_then(|h| h.take(&key[..len], r.request, now));
+                if let Some(h) = early {
+                    self.stats.matched += 1;
+                    self.stats.waiting -= 1;
+                    write_joined(out, r.client, &h.line[h.host_end..]);
+                    return Some(1);
+                }
                 self.matcher.record(&key[..len], r.request, r.client, now);
-                return true;
+                return Some(0);
             }
             Ok(_) => {
                 self.stats.refused += 1;
                 common::debug!(1, "refusing pen record from {from}");
-                return true;
+                return Some(0);
             }
             Err(e) => e,
         };
@@ -117,7 +187,7 @@ impl Join {
         // may not send records, or when it has a web line's shape (a host field, then a
         // quoted request) that no record has; otherwise it is a bad record.
         if web_ok && (!pen_ok || looks_like_web_line(data)) {
-            return false;
+            return None;
         }
         if pen_ok {
             self.stats.bad_records += 1;
@@ -126,10 +196,12 @@ impl Join {
             self.stats.refused += 1;
             common::debug!(1, "refusing pen record from {from}");
         }
-        true
+        Some(0)
     }
 
-    fn line(&mut self, line: &[u8], from: IpAddr, now: i64, out: &mut Vec<u8>) {
+    /// Joins one web line, holds it for a late record, or writes it unchanged. Returns the
+    /// number of lines written (a full hold writes its oldest line to make room).
+    fn line(&mut self, line: &[u8], from: IpAddr, now: i64, out: &mut Vec<u8>) -> usize {
         self.stats.lines += 1;
         let w = WebLine::parse(line);
         if let (Some(host_end), Some(req)) = (w.host_end, w.request) {
@@ -142,16 +214,42 @@ impl Join {
             let (key, len) = ip_key(from);
             if let Some(client) = self.matcher.take(&key[..len], req, now) {
                 self.stats.matched += 1;
-                write_ip(out, client);
-                out.extend_from_slice(&line[host_end..]);
-                out.push(b'\n');
-                return;
+                write_joined(out, client, &line[host_end..]);
+                return 1;
+            }
+            if let Some(held) = self.held.as_mut() {
+                let mut n = 0;
+                let h = Held {
+                    line: line.into(),
+                    host_end,
+                };
+                held.record_with(&key[..len], req, h, now, |old| {
+                    write_unchanged(out, &old.line);
+                    n = 1;
+                });
+                self.stats.waiting += 1;
+                self.stats.waiting -= n as u64;
+                self.stats.unmatched += n as u64;
+                return n;
             }
         }
         self.stats.unmatched += 1;
-        out.extend_from_slice(line);
-        out.push(b'\n');
+        write_unchanged(out, line);
+        1
     }
+}
+
+/// Appends the line with everything before `rest` (its host field) replaced by `client`.
+fn write_joined(out: &mut Vec<u8>, client: IpAddr, rest: &[u8]) {
+    write_ip(out, client);
+    out.extend_from_slice(rest);
+    out.push(b'\n');
+}
+
+/// Appends the line as it came.
+fn write_unchanged(out: &mut Vec<u8>, line: &[u8]) {
+    out.extend_from_slice(line);
+    out.push(b'\n');
 }
 
 /// True when the first line of `data` has a host field followed by a quoted request, as
@@ -208,13 +306,94 @@ mod tests {
     }
 
     fn join() -> Join {
-        Join::new(1000, Some(600_000), vec![], vec![])
+        Join::new(1000, Some(600_000), 0, vec![], vec![])
     }
 
     fn feed(j: &mut Join, from: &str, data: &[u8]) -> String {
+        feed_at(j, from, data, 0)
+    }
+
+    /// Feeds one datagram at `now` ms; returns the output, checking the line count.
+    fn feed_at(j: &mut Join, from: &str, data: &[u8], now: i64) -> String {
         let mut out = Vec::new();
-        j.datagram(data, ip(from), 0, &mut out);
+        let n = j.datagram(data, ip(from), now, &mut out);
+        assert_eq!(n, out.iter().filter(|&&b| b == b'\n').count(), "line count");
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// A join whose unmatched lines wait 200 ms for a late record.
+    fn holding(records: usize) -> Join {
+        Join::new(records, Some(600_000), 200, vec![], vec![])
+    }
+
+    #[test]
+    fn a_line_before_its_record_waits_for_it() {
+        let mut j = holding(1000);
+        assert_eq!(feed_at(&mut j, "127.0.0.2", LINE, 0), "", "held");
+        assert_eq!(j.next_release(), Some(200));
+        let late = feed_at(
+            &mut j,
+            "127.0.0.1",
+            b"+ 10.0.0.1 127.0.0.2 GET /same HTTP/1.1\n",
+            150,
+        );
+        assert!(late.starts_with("10.0.0.1 - - [21/Nov"), "{late}");
+        assert_eq!(j.next_release(), None, "nothing left held");
+        // The record was used by the held line, not stored for another.
+        assert_eq!(feed_at(&mut j, "127.0.0.2", LINE, 160), "");
+        let s = j.snapshot();
+        assert_eq!(
+            (s.records, s.lines, s.matched, s.unmatched, s.waiting),
+            (1, 2, 1, 0, 1)
+        );
+    }
+
+    #[test]
+    fn a_held_line_is_written_unchanged_when_its_wait_ends() {
+        let mut j = holding(1000);
+        assert_eq!(feed_at(&mut j, "127.0.0.2", LINE, 0), "");
+        let mut out = Vec::new();
+        assert_eq!(j.release_held(200, &mut out), 0, "not yet");
+        assert_eq!(j.release_held(201, &mut out), 1);
+        assert_eq!(out, LINE);
+        // A record arriving after that is stored as usual, for the next such line.
+        feed_at(
+            &mut j,
+            "127.0.0.1",
+            b"+ 10.0.0.1 127.0.0.2 GET /same HTTP/1.1\n",
+            300,
+        );
+        assert!(feed_at(&mut j, "127.0.0.2", LINE, 301).starts_with("10.0.0.1 "));
+        let s = j.snapshot();
+        assert_eq!((s.lines, s.matched, s.unmatched, s.waiting), (2, 1, 1, 0));
+    }
+
+    #[test]
+    fn a_full_hold_writes_its_oldest_line_and_exit_writes_the_rest() {
+        let mut j = holding(2);
+        let other = b"127.0.0.1 - - [x] \"GET /other HTTP/1.1\" 200 2\n";
+        let third = b"127.0.0.1 - - [x] \"GET /third HTTP/1.1\" 200 2\n";
+        assert_eq!(feed_at(&mut j, "127.0.0.2", LINE, 0), "");
+        assert_eq!(feed_at(&mut j, "127.0.0.2", other, 1), "");
+        assert_eq!(
+            feed_at(&mut j, "127.0.0.2", third, 2),
+            String::from_utf8_lossy(LINE)
+        );
+        let mut out = Vec::new();
+        assert_eq!(j.release_all(&mut out), 2);
+        assert_eq!(out, [&other[..], &third[..]].concat());
+        let s = j.snapshot();
+        assert_eq!((s.lines, s.unmatched, s.waiting), (3, 3, 0));
+    }
+
+    #[test]
+    fn hold_0_writes_unmatched_lines_at_once() {
+        let mut j = join();
+        assert_eq!(
+            feed(&mut j, "127.0.0.2", LINE),
+            String::from_utf8_lossy(LINE)
+        );
+        assert_eq!(j.next_release(), None);
     }
 
     const LINE: &[u8] =
@@ -405,6 +584,7 @@ mod tests {
         let mut j = Join::new(
             10,
             None,
+            0,
             vec![Net::parse("127.0.0.1").unwrap()],
             vec![Net::parse("127.0.0.2").unwrap()],
         );
@@ -424,6 +604,7 @@ mod tests {
         let mut j = Join::new(
             10,
             None,
+            0,
             vec![Net::parse("127.0.0.1").unwrap()],
             vec![Net::parse("127.0.0.2").unwrap()],
         );

@@ -85,8 +85,22 @@ impl<C> Matcher<C> {
     /// Adds a record that arrived at `now`. Expiry is left to [`Matcher::expire`] and
     /// [`Matcher::take`]: in the merge, records are read ahead of the current time.
     pub fn record(&mut self, server: &[u8], request: &[u8], client: C, now: i64) {
+        self.record_with(server, request, client, now, drop);
+    }
+
+    /// [`Matcher::record`], handing an unused record pushed out by a full ring to `spill`.
+    pub fn record_with(
+        &mut self,
+        server: &[u8],
+        request: &[u8],
+        client: C,
+        now: i64,
+        spill: impl FnOnce(C),
+    ) {
         if self.ring.len() >= self.capacity {
-            self.pop_front(false);
+            if let Some(old) = self.pop_front(false) {
+                spill(old);
+            }
         }
         let seq = self.base + self.ring.len() as u64;
         build_key(&mut self.scratch, server, request, self.key_max);
@@ -163,26 +177,46 @@ impl<C> Matcher<C> {
 
     /// Drops records older than the window (relative to `now`) from the front of the ring.
     pub fn expire(&mut self, now: i64) {
+        self.expire_with(now, drop);
+    }
+
+    /// [`Matcher::expire`], handing each unused record it drops to `spill`.
+    pub fn expire_with(&mut self, now: i64, mut spill: impl FnMut(C)) {
         let Some(w) = self.window else { return };
         while self
             .ring
             .front()
             .is_some_and(|s| s.time < now.saturating_sub(w) || s.client.is_none())
         {
-            self.pop_front(true);
+            if let Some(old) = self.pop_front(true) {
+                spill(old);
+            }
         }
     }
 
-    /// Removes the oldest slot; an unused one is the head of its key's list.
-    fn pop_front(&mut self, expiring: bool) {
-        let Some(slot) = self.ring.pop_front() else {
-            return;
-        };
+    /// Hands every unused record to `spill`, oldest first, and empties the matcher.
+    pub fn drain(&mut self, mut spill: impl FnMut(C)) {
+        while !self.ring.is_empty() {
+            if let Some(old) = self.pop_front(false) {
+                spill(old);
+            }
+        }
+    }
+
+    /// When [`Matcher::expire`] will next have something to drop: the oldest record's time
+    /// plus the window (possibly a record already used, so at worst too early).
+    pub fn next_expiry(&self) -> Option<i64> {
+        let w = self.window?;
+        self.ring.front().map(|s| s.time.saturating_add(w))
+    }
+
+    /// Removes the oldest slot; an unused one is the head of its key's list, and is
+    /// returned.
+    fn pop_front(&mut self, expiring: bool) -> Option<C> {
+        let slot = self.ring.pop_front()?;
         let seq = self.base;
         self.base += 1;
-        if slot.client.is_none() {
-            return;
-        }
+        let client = slot.client?;
         if expiring {
             self.stats.expired += 1;
         } else {
@@ -196,6 +230,7 @@ impl<C> Matcher<C> {
                 list.head = slot.next;
             }
         }
+        Some(client)
     }
 }
 
@@ -277,6 +312,32 @@ mod tests {
         assert_eq!(m.take(S2, b"X", 9), Some("c"));
         assert_eq!(m.take(S2, b"X", 9), Some("d"));
         assert_eq!(m.take(S2, b"X", 9), None);
+    }
+
+    #[test]
+    fn records_dropped_by_eviction_expiry_and_drain_are_handed_back() {
+        let mut m = Matcher::new(2, Some(100), 900);
+        let mut spilled = Vec::new();
+        m.record_with(S2, b"A", "a", 0, |c| spilled.push(c));
+        m.record_with(S2, b"B", "b", 10, |c| spilled.push(c));
+        m.record_with(S2, b"C", "c", 20, |c| spilled.push(c));
+        assert_eq!(spilled, ["a"], "evicted by the full ring");
+        assert_eq!(m.take(S2, b"B", 20), Some("b"));
+        assert_eq!(
+            m.next_expiry(),
+            Some(120),
+            "the used record went with the take"
+        );
+        m.expire_with(120, |c| spilled.push(c));
+        assert_eq!(spilled, ["a"], "not older than the window yet");
+        m.expire_with(121, |c| spilled.push(c));
+        assert_eq!(spilled, ["a", "c"]);
+        assert!(m.is_empty() && m.keys.is_empty() && m.next_expiry().is_none());
+        m.record(S2, b"D", "d", 200);
+        m.record(S2, b"E", "e", 201);
+        m.drain(|c| spilled.push(c));
+        assert_eq!(spilled, ["a", "c", "d", "e"]);
+        assert!(m.is_empty() && m.keys.is_empty());
     }
 
     #[test]

@@ -109,9 +109,11 @@ impl Daemon {
         let window = cfg
             .window
             .map(|s| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX));
+        let hold = i64::try_from(cfg.hold_ms).unwrap_or(i64::MAX);
         let join = Join::new(
             cfg.records,
             window,
+            hold,
             cfg.pen_from.clone(),
             cfg.web_from.clone(),
         );
@@ -176,7 +178,9 @@ impl Daemon {
                 continue; // more may be queued
             }
             // The queue is empty.
-            let timeout = self.out.idle(now);
+            let released = self.join.release_held(self.ms(now), self.out.buf());
+            self.out.appended(released, now);
+            let timeout = min_opt(self.out.idle(now), self.next_release(now));
             if got > 0 {
                 // Traffic is flowing: let a batch build up before the next system call
                 // (interrupt coalescing), so that a busy daemon pays for one wakeup per
@@ -189,16 +193,31 @@ impl Daemon {
             }
         }
         self.drain(fd);
+        let released = self.join.release_all(self.out.buf());
+        self.out.appended(released, Instant::now());
         self.check_drops();
         self.out.close();
         common::diag!("exiting: {}", self.stats());
+    }
+
+    /// `now` as the matchers' milliseconds.
+    fn ms(&self, now: Instant) -> i64 {
+        now.duration_since(self.epoch).as_millis() as i64
+    }
+
+    /// How long until the oldest held line is due to be written, if one is held.
+    fn next_release(&self, now: Instant) -> Option<Duration> {
+        let due = self.join.next_release()?;
+        let left = due.saturating_sub(self.ms(now)).max(0);
+        // One more millisecond: the release takes lines strictly older than the hold.
+        Some(Duration::from_millis(left as u64 + 1))
     }
 
     /// Receives one batch and handles it. Returns the number of datagrams.
     fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
         let n = self.batch.recv(fd)?;
         let now = Instant::now();
-        let ms = now.duration_since(self.epoch).as_millis() as i64;
+        let ms = self.ms(now);
         for i in 0..n {
             let (data, from, _) = self.batch.get(i);
             let from = from.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -292,6 +311,14 @@ fn nap(signals: RawFd, t: Duration) -> bool {
     // SAFETY: valid pollfd array and timespec; a null sigmask leaves the mask unchanged.
     let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 1, &ts, std::ptr::null()) };
     n > 0 && fds[0].revents != 0
+}
+
+/// The shorter of two optional timeouts (`None`: no limit).
+fn min_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Sleeps until the socket or the signal pipe is readable, or `timeout` passes. Returns

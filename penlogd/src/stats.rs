@@ -20,6 +20,8 @@ pub struct Stats {
     pub matched: u64,
     /// Lines written unchanged (no record, no request field, or no host field).
     pub unmatched: u64,
+    /// Lines waiting for a late record right now (not yet matched or unmatched).
+    pub waiting: u64,
     /// Empty datagrams (skipped).
     pub empty: u64,
     /// Datagrams from a source not allowed by `--pen-from`/`--web-from` (skipped).
@@ -36,14 +38,16 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "received {} datagrams: {} records ({} bad), {} lines ({} matched, {} unmatched), \
-             {} evicted, {} expired, {} refused, {} empty, {} dropped, {} write errors",
+            "received {} datagrams: {} records ({} bad), {} lines ({} matched, {} unmatched, \
+             {} waiting), {} evicted, {} expired, {} refused, {} empty, {} dropped, \
+             {} write errors",
             self.received,
             self.records,
             self.bad_records,
             self.lines,
             self.matched,
             self.unmatched,
+            self.waiting,
             self.matcher.evicted,
             self.matcher.expired,
             self.refused,

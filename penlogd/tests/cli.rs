@@ -45,6 +45,8 @@ fn usage_errors_exit_1_on_stderr() {
         &["-q", "9"],
         &["-r", "1M", "9"],
         &["-w", "99999999999999999", "9"],
+        &["-H", "60001", "9"],
+        &["-H", "-1", "9"],
     ] {
         let o = penlogd(args);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));

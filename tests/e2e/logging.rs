@@ -97,7 +97,9 @@ const COMMON: &str = "127.0.0.1 - - [21/Nov/2026:04:44:32 +0000]";
 fn penlog_lines_get_real_clients() {
     let dir = temp_dir("penlog_lines_get_real_clients");
     let log = dir.join("out.log");
-    let (d, addr) = start_penlogd("127.0.0.1", &["-l", s(&log)]);
+    // `-H 0`: the unmatched line is written in arrival order, not after the hold
+    // (early_web_line_waits_for_its_record tests the hold).
+    let (d, addr) = start_penlogd("127.0.0.1", &["-H", "0", "-l", s(&log)]);
     let pen = udp_from("127.0.0.1");
     for (client, server, req) in [
         ("10.0.0.1", "127.0.0.2", "GET /a.html HTTP/1.1"),
@@ -163,6 +165,39 @@ fn ipv6_web_server_and_pen() {
         ["2001:db8::7 - - [x] \"GET /six HTTP/1.1\" 200 1"]
     );
     terminate(d);
+}
+
+/// A web line that arrives before its pen record waits for it (`-H`, 200 ms by default;
+/// generous here for a noisy machine); a line whose record never comes is written
+/// unchanged when its wait ends, without waiting for TERM, or at TERM.
+#[test]
+fn early_web_line_waits_for_its_record() {
+    let dir = temp_dir("early_web_line_waits_for_its_record");
+    let log = dir.join("out.log");
+    let (d, addr) = start_penlogd("127.0.0.1", &["-b", "-l", s(&log), "-H", "10000"]);
+    let pen = udp_from("127.0.0.1");
+    let web = udp_from("127.0.0.2");
+    send(&web, addr, b"x \"GET /early HTTP/1.1\" 200\n");
+    let c = wait_received(&d, 1);
+    assert_eq!((c["lines"], c["waiting"]), (1, 1));
+    send(&pen, addr, b"+ 10.0.0.7 127.0.0.2 GET /early HTTP/1.1\n");
+    assert_eq!(
+        wait_lines(&log, 1),
+        ["10.0.0.7 \"GET /early HTTP/1.1\" 200"]
+    );
+    // TERM writes a line still waiting.
+    send(&web, addr, b"x \"GET /pending HTTP/1.1\" 200\n");
+    wait_received(&d, 3);
+    let c = terminate(d);
+    assert_eq!((c["matched"], c["unmatched"], c["waiting"]), (1, 1, 0));
+    assert_eq!(lines(&log)[1], "x \"GET /pending HTTP/1.1\" 200");
+
+    let log = dir.join("short.log");
+    let (d, addr) = start_penlogd("127.0.0.1", &["-b", "-l", s(&log), "-H", "50"]);
+    send(&web, addr, b"x \"GET /never HTTP/1.1\" 200\n");
+    assert_eq!(wait_lines(&log, 1), ["x \"GET /never HTTP/1.1\" 200"]);
+    let c = penlogd_report(&d);
+    assert_eq!((c["lines"], c["unmatched"], c["waiting"]), (1, 1, 0));
 }
 
 #[test]
