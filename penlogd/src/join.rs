@@ -107,29 +107,28 @@ impl Join {
 
     /// Writes unchanged the held lines whose wait is over at `now`. Returns how many.
     pub fn release_held(&mut self, now: i64, out: &mut Vec<u8>) -> usize {
-        let Some(held) = self.held.as_mut() else {
-            return 0;
-        };
-        let mut n = 0;
-        held.expire_with(now, |h| {
-            write_unchanged(out, &h.line);
-            n += 1;
-        });
-        self.stats.unmatched += n as u64;
-        self.stats.waiting -= n as u64;
-        n
+        self.release(Some(now), out)
     }
 
     /// Writes every held line unchanged (at exit). Returns how many.
     pub fn release_all(&mut self, out: &mut Vec<u8>) -> usize {
+        self.release(None, out)
+    }
+
+    /// Writes unchanged the held lines due at `now`, or all of them (`None`).
+    fn release(&mut self, now: Option<i64>, out: &mut Vec<u8>) -> usize {
         let Some(held) = self.held.as_mut() else {
             return 0;
         };
         let mut n = 0;
-        held.drain(|h| {
+        let write = |h: Held| {
             write_unchanged(out, &h.line);
             n += 1;
-        });
+        };
+        match now {
+            Some(now) => held.expire_with(now, write),
+            None => held.drain(write),
+        }
         self.stats.unmatched += n as u64;
         self.stats.waiting -= n as u64;
         n
