@@ -221,15 +221,25 @@ fn name_of(c: &CStr) -> String {
 
 /// Raises the soft fd limit to the hard limit, so `-x` connections have descriptors.
 pub fn raise_fd_limit() {
+    raise_soft_limit(libc::RLIMIT_NOFILE);
+}
+
+/// Raises the soft core-file size limit to the hard one, so that an abort leaves a core
+/// file when the administrator allows one (the original always raised it).
+pub fn allow_core_dump() {
+    raise_soft_limit(libc::RLIMIT_CORE);
+}
+
+fn raise_soft_limit(resource: libc::__rlimit_resource_t) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: valid pointer to a rlimit.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(resource, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::setrlimit(resource, &lim);
         }
     }
 }

@@ -109,7 +109,7 @@ fn main() -> std::io::Result<()> {
     match pen.join() {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
-            eprintln!("pen: {e}");
+            eprintln!("pen: {}", e.error);
             std::process::exit(1)
         }
         Err(_) => std::process::exit(1),

@@ -24,6 +24,7 @@ pub mod stats;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::Path;
+use std::process::ExitCode;
 
 use common::addr::{ListenSpec, Proto, ServerSpec};
 use common::daemon::{self, Pidfile, Readiness, User};
@@ -52,8 +53,37 @@ impl From<String> for Error {
     }
 }
 
+/// How [`run`] fails: the error, and whether `abort_on_error` was on when it happened.
+#[derive(Debug)]
+pub struct Fatal {
+    pub error: Error,
+    pub abort: bool,
+}
+
+impl From<Error> for Fatal {
+    fn from(error: Error) -> Fatal {
+        Fatal {
+            error,
+            abort: false,
+        }
+    }
+}
+
+impl Fatal {
+    /// Prints `pen: {error}` on stderr and exits 1, or, under `abort_on_error`, aborts
+    /// with a core dump as far as the hard RLIMIT_CORE allows (pen.md §10.3).
+    pub fn report(self) -> ExitCode {
+        eprintln!("pen: {}", self.error);
+        if self.abort {
+            daemon::allow_core_dump();
+            std::process::abort();
+        }
+        ExitCode::FAILURE
+    }
+}
+
 /// Runs pen with `args` (without argv\[0\]) until it is told to exit.
-pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
+pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Fatal> {
     let startup = match cli::parse_args(args).map_err(|e| Error(e.to_string()))? {
         Cli::Usage => {
             print!("{}", cli::USAGE);
@@ -70,20 +100,28 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<(), Error> {
     }
     refuse_unbuilt(&startup)?;
     let mut state = State::new();
-    configure(&mut state, &startup)?;
+    launch(&mut state, startup).map_err(|error| Fatal {
+        error,
+        abort: state.settings.abort_on_error,
+    })
+}
+
+/// Everything from the configuration on: the errors that `abort_on_error` applies to.
+fn launch(state: &mut State, startup: Startup) -> Result<(), Error> {
+    configure(state, &startup)?;
     let Some(listen) = state.settings.listen.clone().or(startup.listen.clone()) else {
         print!("{}", cli::USAGE);
         return Ok(());
     };
     state.settings.listen = Some(listen.clone());
-    add_servers(&mut state, &startup, &listen)?;
+    add_servers(state, &startup, &listen)?;
 
     let ready = if startup.foreground {
         Readiness::foreground()
     } else {
         daemon::daemonize("pen").map_err(|e| Error(e.to_string()))?
     };
-    match start(&mut state, &startup, &listen) {
+    match start(state, &startup, &listen) {
         Ok(parts) => {
             if !startup.foreground {
                 common::diag::use_syslog(c"pen");
@@ -287,7 +325,7 @@ fn start(state: &mut State, s: &Startup, listen: &str) -> Result<Parts, Error> {
 }
 
 /// Runs the loop; HUP and USR1 come back here.
-fn serve(mut state: State, _s: Startup, mut parts: Parts) -> Result<(), Error> {
+fn serve(state: &mut State, _s: Startup, mut parts: Parts) -> Result<(), Error> {
     struct Host;
     impl event_loop::Host for Host {
         fn reload(&mut self, state: &mut State) {
@@ -313,7 +351,7 @@ fn serve(mut state: State, _s: Startup, mut parts: Parts) -> Result<(), Error> {
             }
         }
     }
-    let r = event_loop::run(&mut state, &mut parts.poll, &mut parts.signals, &mut Host);
+    let r = event_loop::run(state, &mut parts.poll, &mut parts.signals, &mut Host);
     drop(parts.pidfile);
     r.map_err(|e| {
         // Once daemonised stderr is /dev/null: make sure this reaches syslog.

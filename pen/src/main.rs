@@ -3,9 +3,6 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     match pen::run(std::env::args_os().skip(1)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pen: {e}");
-            ExitCode::FAILURE
-        }
+        Err(fatal) => fatal.report(),
     }
 }

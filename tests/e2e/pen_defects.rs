@@ -4,7 +4,7 @@
 //! #27 Unix-socket clients in the log, #33 the client watched during the connect.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
@@ -125,14 +125,7 @@ fn weight_mode_without_weights_warns() {
 /// #20: `source` binds backend connects to that address, with a kernel-chosen port.
 #[test]
 fn source_sets_the_local_address_of_backend_connects() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            let _ = s.write_all(format!("{peer}\n").as_bytes());
-        }
-    });
+    let backend = peer_echo();
     let (_pen, addr) = start_pen(&[
         "-f",
         "-O",

@@ -148,6 +148,51 @@ fn hup_reopens_the_log() {
     assert_eq!(request_of(&old[0]), "GET /before HTTP/1.1");
 }
 
+/// `abort_on_error`: a fatal error prints its line, then aborts with a core file (the
+/// soft core limit is raised to the hard one) instead of exiting 1.
+#[test]
+fn abort_on_error_aborts_with_a_core_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = temp_dir("abort_on_error");
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let mut cmd = std::process::Command::new(bin("pen"));
+    cmd.current_dir(&dir)
+        .args(["-f", "-O", "abort_on_error", &busy_addr, "127.0.0.1:1"]);
+    let mut pen = Proc::spawn("pen", cmd);
+    let status = pen.wait_status(DEADLINE);
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    let out = pen.output();
+    assert!(out.contains("pen: ") && out.contains(&busy_addr), "{out}");
+    // A plain core_pattern writes `core…` into the working directory, if the hard limit
+    // allows a core at all.
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    if pattern.trim_start().starts_with("core") && hard_core_limit() > 0 {
+        let cores = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("core"))
+            .count();
+        assert_eq!(cores, 1, "core file in {}", dir.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let (code, _, err) = run("pen", &["-f", &busy_addr, "127.0.0.1:1"]);
+    assert_eq!(code, 1, "without abort_on_error: {err}");
+}
+
+fn hard_core_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to a rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut lim) } != 0 {
+        return 0;
+    }
+    lim.rlim_max
+}
+
 /// Without `-f` the parent exits 0 once the daemon has started (pidfile written) and the
 /// daemon serves; a daemon that cannot bind makes the parent exit 1 with one line on
 /// stderr (the original exited 0: §13.2 #6).

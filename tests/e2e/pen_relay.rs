@@ -547,6 +547,22 @@ fn ipv6_and_ipv4_both_ways() {
     echo(&mut s, b"over four\n");
 }
 
+/// `transparent`: pen connects to the backend from the client's own address (loopback
+/// addresses need no privilege; elsewhere IP_TRANSPARENT does); after `no transparent`,
+/// from its own again.
+#[test]
+fn transparent_connects_from_the_client_address() {
+    let backend = peer_echo().to_string();
+    let (_pen, addr, ctl) = pen_with_control(&["-O", "transparent"], &[&backend]);
+    for from in ["127.0.0.2", "127.0.0.3"] {
+        let seen: SocketAddr = which_from(from, addr).parse().unwrap();
+        assert_eq!(seen.ip().to_string(), from);
+    }
+    penctl(&ctl, "no transparent");
+    let seen: SocketAddr = which_from("127.0.0.2", addr).parse().unwrap();
+    assert_eq!(seen.ip().to_string(), "127.0.0.1");
+}
+
 /// A Unix listening socket in front of a TCP backend (with its explicit port), and a TCP
 /// listener in front of a Unix-socket backend.
 #[test]

@@ -76,10 +76,17 @@ impl Proc {
 
     pub fn start_with(name: &str, args: &[&str], stdin: Stdio) -> Proc {
         let mut cmd = Command::new(bin(name));
-        cmd.args(args)
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdin(stdin);
+        Proc::spawn(name, cmd)
+    }
+
+    /// Starts a prepared command for `name`'s binary, with stdout and stderr collected.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name} {args:?}: {e}"));
@@ -92,7 +99,7 @@ impl Proc {
             collect(err, prefix, output.clone());
         }
         let mut argv = vec![name.to_string()];
-        argv.extend(args.iter().map(|s| s.to_string()));
+        argv.extend(args);
         Proc {
             child,
             argv,
@@ -116,12 +123,17 @@ impl Proc {
 
     /// Waits for the program to exit on its own, up to `limit`; returns its exit code.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        self.wait_status(limit).code()
+    }
+
+    /// Waits for the program to end on its own, up to `limit`; returns how it ended.
+    pub fn wait_status(&mut self, limit: Duration) -> std::process::ExitStatus {
         let end = Instant::now() + limit;
         while Instant::now() < end {
             if let Some(st) = self.child.try_wait().unwrap() {
                 // Give the reader threads a moment to collect the last lines.
                 thread::sleep(Duration::from_millis(50));
-                return st.code();
+                return st;
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -423,6 +435,19 @@ pub fn which_from(from: &str, pen: SocketAddr) -> String {
     let _ = r.read_line(&mut line);
     let _ = s.shutdown(Shutdown::Both);
     line.trim_end().to_string()
+}
+
+/// A backend that answers each connection with one line: the address it came from.
+pub fn peer_echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let _ = s.write_all(format!("{peer}\n").as_bytes());
+        }
+    });
+    addr
 }
 
 /// A loopback address that is certainly closed: a port we bound and released.

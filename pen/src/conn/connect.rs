@@ -264,16 +264,23 @@ impl State {
     }
 
     /// `source` (port 0: the original left it uninitialised, §13.2 #20) or `transparent`
-    /// (bind to the client's own address; needs privileges and policy routing). Errors are
-    /// logged and the connect proceeds from the default address, as the original.
+    /// (bind to the client's own address; needs privileges and policy routing; IPv6 too,
+    /// where the original did IPv4 only). Errors are logged and the connect proceeds from
+    /// the default address, as the original.
     fn bind_source(&self, sock: &Socket, to: SocketAddr, peer: &Peer) {
         let from = if let Some((_, src)) = self.settings.source {
             Some(SocketAddr::new(src.ip(), 0))
         } else if self.settings.transparent {
-            if let Err(e) = sock.set_ip_transparent_v4(true) {
+            let set = if to.is_ipv4() {
+                sock.set_ip_transparent_v4(true)
+            } else {
+                sock.set_ip_transparent_v6(true)
+            };
+            if let Err(e) = set {
                 common::debug!(1, "transparent: {e}");
             }
-            peer.ip().map(|ip| SocketAddr::new(ip, 0))
+            // An IPv4 client of a dual-stack listener arrives IPv4-mapped.
+            peer.ip().map(|ip| SocketAddr::new(ip.to_canonical(), 0))
         } else {
             None
         };
