@@ -27,6 +27,23 @@ pub const MAX_HOLD_MS: u64 = 60_000;
 /// every time computed from it fits an `i64` of milliseconds.
 pub const MAX_WINDOW: u64 = 10 * 365 * 86400;
 
+/// The options that only the daemon reads: refused with `--merge` rather than ignored.
+const DAEMON_ONLY: [&str; 13] = [
+    "foreground",
+    "line_buffered",
+    "chroot",
+    "records",
+    "pidfile",
+    "user",
+    "listen",
+    "rcvbuf",
+    "hold",
+    "pen_from",
+    "web_from",
+    "rotate_size",
+    "daily",
+];
+
 #[derive(Parser, Debug)]
 #[command(
     name = "penlogd",
@@ -95,16 +112,12 @@ struct Args {
     #[arg(long = "daily")]
     daily: bool,
     /// Offline merge: join pen's local log PENLOG with SERVER:LOGFILE access logs.
-    #[arg(short = 'm', long = "merge", value_name = "PENLOG")]
+    #[arg(short = 'm', long = "merge", value_name = "PENLOG",
+          conflicts_with_all = DAEMON_ONLY)]
     merge: Option<PathBuf>,
     /// Merge mode: seconds subtracted from pen's epochs before comparing (mergelogs -t).
-    #[arg(
-        long = "offset",
-        value_name = "SECS",
-        default_value_t = 0,
-        allow_hyphen_values = true
-    )]
-    offset: i64,
+    #[arg(long = "offset", value_name = "SECS", allow_hyphen_values = true)]
+    offset: Option<i64>,
     /// PORT to listen on; in merge mode, SERVER:LOGFILE pairs.
     #[arg(value_name = "PORT", required = true)]
     operands: Vec<String>,
@@ -188,8 +201,11 @@ impl Config {
                 servers,
                 out: a.log,
                 jitter: window,
-                offset: a.offset,
+                offset: a.offset.unwrap_or(0),
             }));
+        }
+        if a.offset.is_some() {
+            return Err(Error::Usage("--offset only applies with --merge".into()));
         }
         let [port] = a.operands.as_slice() else {
             return Err(Error::Usage(

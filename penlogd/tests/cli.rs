@@ -71,6 +71,30 @@ fn huge_window_is_refused_clearly() {
     }
 }
 
+/// The daemon's options are refused in merge mode, and `--offset` outside it, instead of
+/// being silently ignored.
+#[test]
+fn options_of_the_other_mode_are_refused() {
+    for (args, names) in [
+        (&["--merge", "p", "-f", "s:f"][..], ["--merge", "-f"]),
+        (&["--merge", "p", "-H", "5", "s:f"], ["--merge", "--hold"]),
+        (&["-n", "5", "--merge", "p", "s:f"], ["-n", "--merge"]),
+        (
+            &["--merge", "p", "-S", "127.0.0.1", "s:f"],
+            ["--merge", "--web-from"],
+        ),
+        (&["--merge", "p", "--daily", "s:f"], ["--merge", "--daily"]),
+        (&["--offset", "3", "9"], ["--offset", "--merge"]),
+    ] {
+        let o = penlogd(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let first = stderr(&o).lines().next().unwrap_or_default().to_string();
+        for name in names {
+            assert!(first.contains(name), "{args:?}: {first}");
+        }
+    }
+}
+
 #[test]
 fn help_exits_0() {
     let o = penlogd(&["--help"]);
