@@ -12,6 +12,7 @@ use crate::conn::relay::{Outcome, Relay};
 use crate::conn::{untoken, Phase, Side};
 use crate::control::{self, Kind, Session, Step, FIRST_SESSION_TOKEN};
 use crate::signals::Signals;
+use crate::spin::Spin;
 use crate::state::{Clock, PeerIp, State};
 
 /// The listening socket.
@@ -56,6 +57,7 @@ pub fn run(
     state.registry = Some(poll.registry().try_clone()?);
     state.accept_more = true;
     let mut events = Events::with_capacity(1024);
+    let mut spin = Spin::default();
     while !state.exit {
         let timeout = state.poll_timeout();
         if let Err(e) = poll.poll(&mut events, timeout) {
@@ -64,9 +66,10 @@ pub fn run(
             }
         }
         state.clock = Clock::read();
-        if !events.is_empty() && state.settings.busy_poll > 0 {
-            let window = Duration::from_micros(state.settings.busy_poll.into());
-            state.spin_until = Some(state.clock.now + window);
+        let spin_max = Duration::from_micros(state.settings.busy_poll.into());
+        let busy = !events.is_empty();
+        if busy && !spin_max.is_zero() {
+            spin.woke(state.clock.now, spin_max);
         }
         let mut signalled = false;
         for ev in events.iter() {
@@ -98,6 +101,9 @@ pub fn run(
             host.stats(state);
         }
         state.pass_end();
+        if busy && !spin_max.is_zero() {
+            state.spin_until = spin.pass_end(Instant::now(), spin_max);
+        }
     }
     state.shutdown();
     Ok(())
@@ -105,7 +111,7 @@ pub fn run(
 
 impl State {
     /// How long `poll` may wait: until the next deadline, or not at all when work is queued
-    /// or the `busy_poll` window since the last events is still open.
+    /// or the adaptive `busy_poll` window since the last events is still open.
     fn poll_timeout(&self) -> Option<Duration> {
         let spinning = self.spin_until.is_some_and(|t| self.clock.now < t);
         if spinning || !self.again.is_empty() || (self.accept_more && self.can_accept()) {

@@ -2,7 +2,7 @@
 //!
 //! `main.rs` only calls [`run`]. The modules each own one concept: the command language
 //! (`command`, `cli`), selection (`servers`, `clients`, `acl`, `select`), the event loop
-//! and connections (`event_loop`, `conn`, `listener`), and the process shell (`signals`,
+//! and connections (`event_loop`, `spin`, `conn`, `listener`), and the process shell (`signals`,
 //! `logsink`, `stats`).
 
 pub mod acl;
@@ -18,6 +18,7 @@ pub mod logsink;
 pub mod select;
 pub mod servers;
 pub mod signals;
+pub mod spin;
 pub mod state;
 pub mod stats;
 

@@ -37,7 +37,8 @@ pub struct Settings {
     pub idle_timeout: i64,
     pub pending_max: usize,
     pub multi_accept: usize,
-    /// Microseconds to keep polling without sleeping after events (`busy_poll`), 0 = off.
+    /// The longest adaptive window of polling without sleeping after events
+    /// (`busy_poll`, µs), 0 = off.
     pub busy_poll: u32,
     pub conn_max: usize,
     pub http: bool,
@@ -240,7 +241,7 @@ pub struct State {
     pub accept_more: bool,
     /// Accepting failed for lack of descriptors; retry at this time.
     pub accept_retry: Option<Instant>,
-    /// With `busy_poll`: poll without sleeping until then.
+    /// With `busy_poll`: poll without sleeping until then (set by [`crate::spin::Spin`]).
     pub spin_until: Option<Instant>,
     /// Accepting failed for lack of resources (an episode is under way).
     pub emfile: bool,

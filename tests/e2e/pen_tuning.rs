@@ -1,4 +1,5 @@
-//! Tuning whose effect is on pen's CPU use rather than on the traffic: `busy_poll`.
+//! Tuning whose effect is on pen's CPU use rather than on the traffic: `busy_poll`, and
+//! how its window adapts.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -44,6 +45,22 @@ fn busy_poll_keeps_pen_polling_between_events_until_switched_off() {
     assert!(
         sleeping <= 0.1,
         "busy_poll 0: pen used {sleeping:.2} s of CPU in 1 s"
+    );
+}
+
+/// The window adapts: when events come further apart than `busy_poll` allows, pen stops
+/// polling and sleeps between them (a fixed 1 ms window after each event would keep it
+/// busy about half of the time here).
+#[test]
+fn busy_poll_sleeps_through_gaps_longer_than_its_window() {
+    let a = NameServer::start("A");
+    let (pen, addr) = start_pen(&["-f", "-O", "busy_poll 1000", "127.0.0.1:{port}", &a.spec()]);
+    let (name, mut s) = hello_from("127.0.0.2", addr);
+    assert_eq!(name, "A");
+    let cpu = cpu_while_trickling(&pen, &mut s);
+    assert!(
+        cpu <= 0.15,
+        "busy_poll 1000 with 2 ms gaps: pen used {cpu:.2} s of CPU in 1 s"
     );
 }
 
