@@ -4,6 +4,7 @@
 //!
 //! Unlike the original, which read junk as 0, every malformed field is an error naming it.
 
+use std::cell::RefCell;
 use std::ffi::CString;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -92,6 +93,41 @@ fn service_port(name: &str, proto: Proto) -> Option<u16> {
     Some(u16::from_be(port as u16))
 }
 
+/// Names looked up elsewhere (off an event loop) and what each gave: an address or the
+/// problem, as [`lookup`] returns them.
+pub type Answers = Vec<(String, Result<IpAddr, String>)>;
+
+thread_local! {
+    /// The answers [`resolve`] uses in this thread during [`with_answers`].
+    static ANSWERS: RefCell<Answers> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `answers` standing in for looking up those names in this thread, so
+/// that code which resolves as it goes can run without blocking on a name server.
+pub fn with_answers<T>(answers: Answers, f: impl FnOnce() -> T) -> T {
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            ANSWERS.with(|a| a.borrow_mut().clear());
+        }
+    }
+    ANSWERS.with(|a| *a.borrow_mut() = answers);
+    let _clear = Clear;
+    f()
+}
+
+/// True when `host` needs a name lookup (it is neither an IP literal nor `0`).
+pub fn is_name(host: &str) -> bool {
+    host.parse::<IpAddr>().is_err() && host != "0"
+}
+
+/// Looks `host` up now, blocking, as [`resolve`] would: for a lookup thread.
+pub fn lookup(host: &str) -> Result<IpAddr, String> {
+    resolve(Some(host), 0)
+        .map(|a| a.ip())
+        .map_err(|e| e.problem)
+}
+
 /// Resolves `host` (an IP literal or a name; `None` = all IPv4 interfaces) with `port`,
 /// taking the first result as the original did.
 pub fn resolve(host: Option<&str>, port: u16) -> Result<SocketAddr, AddrError> {
@@ -103,6 +139,17 @@ pub fn resolve(host: Option<&str>, port: u16) -> Result<SocketAddr, AddrError> {
     }
     if host == "0" {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    let answered = ANSWERS.with(|a| {
+        a.borrow()
+            .iter()
+            .find(|(name, _)| name == host)
+            .map(|(_, answer)| answer.clone())
+    });
+    if let Some(answer) = answered {
+        return answer
+            .map(|ip| SocketAddr::new(ip, port))
+            .map_err(|problem| AddrError::new(host, problem));
     }
     let mut addrs = (host, port)
         .to_socket_addrs()
@@ -277,6 +324,38 @@ mod tests {
         Target::Inet {
             host: host.into(),
             port,
+        }
+    }
+
+    #[test]
+    fn answers_stand_in_for_lookups_while_they_last() {
+        let answers = vec![
+            ("pen.invalid".to_string(), Ok("127.0.0.5".parse().unwrap())),
+            (
+                "gone.invalid".to_string(),
+                Err("can't resolve: no such host".into()),
+            ),
+        ];
+        let (found, failed) = with_answers(answers, || {
+            (
+                resolve(Some("pen.invalid"), 80),
+                resolve(Some("gone.invalid"), 80),
+            )
+        });
+        assert_eq!(found.unwrap(), "127.0.0.5:80".parse().unwrap());
+        assert_eq!(
+            failed.unwrap_err().to_string(),
+            "bad address 'gone.invalid': can't resolve: no such host"
+        );
+        ANSWERS.with(|a| assert!(a.borrow().is_empty(), "answers outlive their scope"));
+    }
+
+    #[test]
+    fn names_are_what_is_not_a_literal() {
+        assert!(is_name("localhost"));
+        assert!(is_name("www.example.com"));
+        for literal in ["127.0.0.1", "::1", "0", "fe80::1"] {
+            assert!(!is_name(literal), "{literal}");
         }
     }
 

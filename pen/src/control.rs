@@ -38,6 +38,8 @@ pub enum Kind {
 /// One control or metrics connection.
 #[derive(Debug)]
 pub struct Session {
+    /// Unique for the process's lifetime (slab keys are reused).
+    pub id: u64,
     pub kind: Kind,
     pub stream: Stream,
     /// The request bytes so far (at most MAX_LINE + 1).
@@ -50,6 +52,8 @@ pub struct Session {
     pub last_input: Instant,
     /// The peer sent EOF.
     eof: bool,
+    /// The command is waiting for a name lookup; the reply comes with its result.
+    looking_up: bool,
 }
 
 /// What a session needs next.
@@ -64,8 +68,9 @@ pub enum Step {
 }
 
 impl Session {
-    pub fn new(kind: Kind, stream: Stream, now: Instant) -> Session {
+    pub fn new(id: u64, kind: Kind, stream: Stream, now: Instant) -> Session {
         Session {
+            id,
             kind,
             stream,
             input: Vec::new(),
@@ -73,12 +78,18 @@ impl Session {
             deadline: now + SESSION_TIMEOUT,
             last_input: now,
             eof: false,
+            looking_up: false,
         }
+    }
+
+    /// The request is waiting for a name lookup: take no more input until the reply.
+    pub fn await_lookup(&mut self) {
+        self.looking_up = true;
     }
 
     /// Reads what is available; returns the request once it is complete.
     pub fn on_readable(&mut self, now: Instant) -> Step {
-        if self.output.is_some() {
+        if self.output.is_some() || self.looking_up {
             return Step::Wait;
         }
         let mut buf = [0u8; 1024];
@@ -109,15 +120,20 @@ impl Session {
         if now >= self.deadline {
             return Step::Close;
         }
-        if self.output.is_none() && !self.input.is_empty() && now >= self.last_input + QUIET {
+        if self.reading() && !self.input.is_empty() && now >= self.last_input + QUIET {
             return self.request(true);
         }
         Step::Wait
     }
 
+    /// Still reading the request (no reply yet, no lookup under way).
+    fn reading(&self) -> bool {
+        self.output.is_none() && !self.looking_up
+    }
+
     /// The next time this session needs a look.
     pub fn next_timer(&self) -> Instant {
-        if self.output.is_none() && !self.input.is_empty() {
+        if self.reading() && !self.input.is_empty() {
             self.deadline.min(self.last_input + QUIET)
         } else {
             self.deadline
@@ -248,6 +264,7 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let s = Session::new(
+            0,
             Kind::Control,
             Stream::Unix(mio::net::UnixStream::from_std(a)),
             Instant::now(),
@@ -269,6 +286,25 @@ mod tests {
             s.on_readable(Instant::now()),
             Step::Request(Ok("mode".into()))
         );
+    }
+
+    #[test]
+    fn a_session_waiting_for_a_lookup_asks_nothing_more_until_its_reply() {
+        let (mut s, mut peer) = pair();
+        let t0 = Instant::now();
+        peer.write_all(b"server 0 address web.test").unwrap();
+        assert_eq!(s.on_readable(t0), Step::Wait);
+        assert!(matches!(s.on_timer(t0 + QUIET), Step::Request(Ok(_))));
+        s.await_lookup();
+        peer.write_all(b"\n").unwrap();
+        assert_eq!(s.on_readable(t0 + QUIET), Step::Wait);
+        assert_eq!(s.on_timer(t0 + QUIET * 2), Step::Wait);
+        assert_eq!(s.next_timer(), s.deadline);
+        assert_eq!(s.reply(b"done\n".to_vec()), Step::Close);
+        drop(s);
+        let mut got = String::new();
+        peer.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "done\n");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::io::{self, ErrorKind};
 use std::time::{Duration, Instant};
 
+use common::addr::with_answers;
 use mio::event::Event;
 use mio::{Events, Interest, Poll, Token};
 
@@ -11,6 +12,7 @@ use crate::command::parse_line;
 use crate::conn::relay::{Outcome, Relay};
 use crate::conn::{untoken, Phase, Side};
 use crate::control::{self, Kind, Session, Step, FIRST_SESSION_TOKEN};
+use crate::lookup::{Done, Job, Lookups};
 use crate::signals::Signals;
 use crate::spin::Spin;
 use crate::state::{Clock, PeerIp, State};
@@ -23,6 +25,8 @@ pub const SIGNAL: Token = Token(1);
 pub const CONTROL: Token = Token(2);
 /// The Prometheus listener.
 pub const METRICS: Token = Token(3);
+/// The name-lookup worker's waker.
+pub const LOOKUP: Token = Token(4);
 
 /// Open sessions at most, per kind (so that metrics scrapers cannot crowd out penctl);
 /// more are closed at once.
@@ -34,6 +38,11 @@ pub trait Host {
     fn reload(&mut self, state: &mut State);
     /// USR1: stats.
     fn stats(&mut self, state: &mut State);
+}
+
+/// The text a control client gets for a command's outcome.
+fn reply_text(r: crate::command::exec::Reply) -> String {
+    r.unwrap_or_else(|e| format!("{e}\n"))
 }
 
 /// Runs until TERM/INT or `exit`.
@@ -78,6 +87,7 @@ pub fn run(
                 SIGNAL => signalled = true,
                 CONTROL => state.accept_sessions(Kind::Control),
                 METRICS => state.accept_sessions(Kind::Metrics),
+                LOOKUP => state.lookups_done(),
                 Token(t) if t >= FIRST_SESSION_TOKEN => {
                     state.session_event(t - FIRST_SESSION_TOKEN, ev)
                 }
@@ -380,9 +390,13 @@ impl State {
                 common::debug!(1, "too many control sessions; closing {peer}");
                 continue;
             }
-            let key = self
-                .sessions
-                .insert(Session::new(kind, stream, self.clock.now));
+            self.next_session_id += 1;
+            let key = self.sessions.insert(Session::new(
+                self.next_session_id,
+                kind,
+                stream,
+                self.clock.now,
+            ));
             let registered = match &self.registry {
                 Some(reg) => control::register(reg, &mut self.sessions[key], key).is_ok(),
                 None => false,
@@ -423,38 +437,102 @@ impl State {
 
     /// Answers a complete request, or closes a finished session.
     fn session_step(&mut self, key: usize, step: Step) {
-        let step = match step {
-            Step::Wait => return,
-            Step::Close => Step::Close,
+        match step {
+            Step::Wait => {}
+            Step::Close => self.session_close(key),
             Step::Request(req) => {
                 let kind = self.sessions[key].kind;
                 let reply = match (kind, req) {
                     (Kind::Metrics, _) => control::metrics_response(self),
-                    (Kind::Control, Ok(line)) => self.control_command(&line).into_bytes(),
+                    (Kind::Control, Ok(line)) => match self.session_command(key, &line) {
+                        Some(reply) => reply.into_bytes(),
+                        None => return, // the reply comes after a name lookup
+                    },
                     (Kind::Control, Err(e)) => format!("{e}\n").into_bytes(),
                 };
-                match self.sessions.get_mut(key) {
-                    Some(s) => s.reply(reply),
-                    None => return,
-                }
-            }
-        };
-        if step == Step::Close {
-            let mut s = self.sessions.remove(key);
-            if let Some(reg) = &self.registry {
-                let _ = reg.deregister(&mut s.stream);
+                self.session_reply(key, reply);
             }
         }
     }
 
-    /// Runs one control line and returns the reply text.
-    pub fn control_command(&mut self, line: &str) -> String {
-        match parse_line(line) {
-            Ok(cmd) => match self.apply(cmd) {
-                Ok(reply) => reply,
-                Err(e) => format!("{e}\n"),
-            },
-            Err(e) => format!("{e}\n"),
+    /// Starts sending `reply` on session `key`; closes it once all is written.
+    fn session_reply(&mut self, key: usize, reply: Vec<u8>) {
+        if let Some(s) = self.sessions.get_mut(key) {
+            if s.reply(reply) == Step::Close {
+                self.session_close(key);
+            }
+        }
+    }
+
+    fn session_close(&mut self, key: usize) {
+        let mut s = self.sessions.remove(key);
+        if let Some(reg) = &self.registry {
+            let _ = reg.deregister(&mut s.stream);
+        }
+    }
+
+    /// Runs one control line from session `key`; `None` when the command first waits for
+    /// a name lookup off the loop ([`crate::lookup`]).
+    fn session_command(&mut self, key: usize, line: &str) -> Option<String> {
+        let cmd = match parse_line(line) {
+            Ok(cmd) => cmd,
+            Err(e) => return Some(format!("{e}\n")),
+        };
+        let names = cmd.names();
+        if names.is_empty() {
+            return Some(reply_text(self.apply(cmd)));
+        }
+        let job = Job {
+            session: key,
+            session_id: self.sessions[key].id,
+            cmd,
+            names,
+        };
+        let submitted = match self.lookup_worker() {
+            Some(worker) => worker.submit(job),
+            None => Err(job),
+        };
+        match submitted {
+            Ok(()) => {
+                self.sessions[key].await_lookup();
+                None
+            }
+            // No worker: look the names up here, as the original always did.
+            Err(job) => Some(reply_text(self.apply(job.cmd))),
+        }
+    }
+
+    /// The lookup worker, started on first use.
+    fn lookup_worker(&mut self) -> Option<&Lookups> {
+        if self.lookups.is_none() {
+            let reg = self.registry.as_ref()?;
+            match Lookups::start(reg, LOOKUP) {
+                Ok(l) => self.lookups = Some(l),
+                Err(e) => {
+                    common::diag!("can't start the name lookup thread: {e}");
+                    return None;
+                }
+            }
+        }
+        self.lookups.as_ref()
+    }
+
+    /// Applies the commands whose names have been looked up, and answers their sessions
+    /// (a session that timed out meanwhile gets no reply, but its command still applies).
+    fn lookups_done(&mut self) {
+        let done: Vec<Done> = match &self.lookups {
+            Some(l) => l.finished().collect(),
+            None => return,
+        };
+        for d in done {
+            let reply = reply_text(with_answers(d.answers, || self.apply(d.cmd)));
+            if self
+                .sessions
+                .get(d.session)
+                .is_some_and(|s| s.id == d.session_id)
+            {
+                self.session_reply(d.session, reply.into_bytes());
+            }
         }
     }
 

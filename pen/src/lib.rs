@@ -15,6 +15,7 @@ pub mod control;
 pub mod event_loop;
 pub mod listener;
 pub mod logsink;
+pub mod lookup;
 pub mod select;
 pub mod servers;
 pub mod signals;

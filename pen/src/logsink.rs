@@ -56,6 +56,11 @@ pub struct LogSink {
     warned_skip: bool,
 }
 
+/// The host of a network log target `HOST:PORT`, or `None` for a file.
+pub fn network_host(spec: &str) -> Option<&str> {
+    network_spec(spec).and_then(|(host, _)| host)
+}
+
 /// Whether `spec` names a network target: `host:port` or `[v6]:port` with a numeric
 /// port, not a path. The original took any name with a colon (so `logs:today` became a
 /// host); a file name with a colon can still be written `./logs:514`.

@@ -20,6 +20,7 @@ use crate::conn::Conn;
 use crate::control::Session;
 use crate::listener::Listener;
 use crate::logsink::LogSink;
+use crate::lookup::Lookups;
 use crate::select::Policy;
 use crate::servers::Servers;
 
@@ -231,6 +232,10 @@ pub struct State {
     pub control: Option<Listener>,
     pub metrics: Option<Listener>,
     pub sessions: Slab<Session>,
+    /// The id of the next session.
+    pub next_session_id: u64,
+    /// The name-lookup worker, started when a control command first needs it.
+    pub lookups: Option<Lookups>,
     /// Set once the loop runs: from then on `listen` rebinds at once.
     pub registry: Option<Registry>,
     /// Connects in flight (`pending_max`).
@@ -278,6 +283,8 @@ impl State {
             control: None,
             metrics: None,
             sessions: Slab::new(),
+            next_session_id: 0,
+            lookups: None,
             registry: None,
             pending_connects: 0,
             accept_paused: false,

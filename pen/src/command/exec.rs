@@ -29,7 +29,7 @@ impl std::fmt::Display for ExecError {
     }
 }
 
-type Reply = Result<String, ExecError>;
+pub type Reply = Result<String, ExecError>;
 
 fn err<T>(msg: impl Into<String>) -> Result<T, ExecError> {
     Err(ExecError(msg.into()))
@@ -543,28 +543,39 @@ fn acl_index(v: i64) -> Result<u8, ExecError> {
 
 /// `server N address A`: a path, or a host resolved now, keeping the port.
 fn server_address(a: &str, port: u16) -> Result<Endpoint, ExecError> {
-    let target = if a.contains('/') {
-        Target::Unix(PathBuf::from(a))
-    } else {
-        let host = a
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(a);
-        Target::Inet {
+    let target = match address_host(a) {
+        None => Target::Unix(PathBuf::from(a)),
+        Some(host) => Target::Inet {
             host: host.to_string(),
             port,
-        }
+        },
     };
     target
         .endpoint()
         .map_err(|e| ExecError(format!("server address: {e}")))
 }
 
+/// The host of `server N address A` (`[v6]` unbracketed), or `None` for a Unix path.
+pub fn address_host(a: &str) -> Option<&str> {
+    if a.contains('/') {
+        return None;
+    }
+    Some(
+        a.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(a),
+    )
+}
+
 /// `source ADDR`: a literal or a host name (port ignored).
 fn source_addr(a: &str) -> Option<SocketAddr> {
-    let host = match split_host_port(a) {
+    resolve(Some(source_host(a)), 0).ok()
+}
+
+/// The host of `source ADDR`.
+pub fn source_host(a: &str) -> &str {
+    match split_host_port(a) {
         Ok((Some(h), _)) if a.starts_with('[') => h,
         _ => a,
-    };
-    resolve(Some(host), 0).ok()
+    }
 }

@@ -9,6 +9,8 @@ pub mod write;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use common::addr::{is_name, ListenSpec, Proto};
+
 pub use parse::{parse_line, ParseError};
 
 /// One command line of the control language.
@@ -74,6 +76,36 @@ pub enum Command {
 }
 
 /// Integer settings that reply with their value (control.md §3.1).
+impl Command {
+    /// The host names that applying this command would look up (IP literals and paths
+    /// need none): the event loop has them looked up elsewhere first.
+    pub fn names(&self) -> Vec<String> {
+        let listen_host = |spec: &str| match ListenSpec::parse(spec, Proto::Tcp) {
+            Ok(ListenSpec::Inet { host, .. }) => host,
+            _ => None,
+        };
+        let hosts: Vec<String> = match self {
+            Command::Server(_, sets) => sets
+                .iter()
+                .filter_map(|set| match set {
+                    ServerSet::Address(a) => exec::address_host(a).map(str::to_string),
+                    _ => None,
+                })
+                .collect(),
+            Command::Source(a) => vec![exec::source_host(a).to_string()],
+            Command::Log(Some(target)) => crate::logsink::network_host(target)
+                .map(str::to_string)
+                .into_iter()
+                .collect(),
+            Command::Listen(Some(spec)) | Command::Prometheus(Some(spec)) => {
+                listen_host(spec).into_iter().collect()
+            }
+            _ => Vec::new(),
+        };
+        hosts.into_iter().filter(|h| is_name(h)).collect()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IntSetting {
     Blacklist,
@@ -169,4 +201,39 @@ pub enum AclMatch {
 pub struct AclRule {
     pub action: AclAction,
     pub matcher: AclMatch,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(line: &str) -> Vec<String> {
+        parse_line(line).unwrap().names()
+    }
+
+    #[test]
+    fn commands_name_the_hosts_they_would_look_up() {
+        for (line, want) in [
+            (
+                "server 1 address web1.example port 80",
+                &["web1.example"][..],
+            ),
+            ("server 1 address 10.0.0.1", &[]),
+            ("server 1 address [::1]", &[]),
+            ("server 1 address /run/web.sock", &[]),
+            ("server 1 max 5", &[]),
+            ("source gw.example", &["gw.example"]),
+            ("source 10.0.0.9", &[]),
+            ("log logs.example:514", &["logs.example"]),
+            ("log [::1]:514", &[]),
+            ("log /var/log/pen.log", &[]),
+            ("listen lb.example:8080", &["lb.example"]),
+            ("listen 0:8080", &[]),
+            ("listen 8080", &[]),
+            ("prometheus mon.example:9100", &["mon.example"]),
+            ("timeout 5", &[]),
+        ] {
+            assert_eq!(names(line), want, "{line}");
+        }
+    }
 }

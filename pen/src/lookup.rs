@@ -1,0 +1,147 @@
+//! Name lookups for control commands, off the event loop. The original looked up the
+//! name in `server N address NAME`, `source NAME`, `log NAME:PORT` or `listen NAME:PORT`
+//! inside its loop, so a slow name server froze all traffic. Here such a command goes to
+//! one worker thread, which looks the names up and wakes the loop; the loop then applies
+//! the command with those answers ([`common::addr::with_answers`]), exactly as if it had
+//! looked them up itself. The worker is started on first use.
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread;
+
+use common::addr::Answers;
+use mio::{Registry, Token, Waker};
+
+use crate::command::Command;
+
+/// A command waiting for its names, and the control session that sent it.
+#[derive(Debug)]
+pub struct Job {
+    pub session: usize,
+    pub session_id: u64,
+    pub cmd: Command,
+    pub names: Vec<String>,
+}
+
+/// A job whose names have been looked up.
+#[derive(Debug)]
+pub struct Done {
+    pub session: usize,
+    pub session_id: u64,
+    pub cmd: Command,
+    pub answers: Answers,
+}
+
+/// The worker's two ends.
+#[derive(Debug)]
+pub struct Lookups {
+    jobs: Sender<Job>,
+    done: Receiver<Done>,
+}
+
+impl Lookups {
+    /// Starts the worker; it wakes the loop's `token` when a job is done.
+    pub fn start(registry: &Registry, token: Token) -> io::Result<Lookups> {
+        Lookups::start_with(registry, token, common::addr::lookup)
+    }
+
+    fn start_with(
+        registry: &Registry,
+        token: Token,
+        look: fn(&str) -> Result<IpAddr, String>,
+    ) -> io::Result<Lookups> {
+        let waker = Arc::new(Waker::new(registry, token)?);
+        let (jobs, todo) = mpsc::channel::<Job>();
+        let (finished, done) = mpsc::channel::<Done>();
+        thread::Builder::new()
+            .name("pen-lookup".into())
+            .spawn(move || {
+                // Ends when the loop drops its `Lookups`.
+                for job in todo {
+                    let answers = job.names.iter().map(|n| (n.clone(), look(n))).collect();
+                    let done = Done {
+                        session: job.session,
+                        session_id: job.session_id,
+                        cmd: job.cmd,
+                        answers,
+                    };
+                    if finished.send(done).is_err() {
+                        break;
+                    }
+                    if let Err(e) = waker.wake() {
+                        common::diag!("lookup: can't wake the loop: {e}");
+                    }
+                }
+            })?;
+        Ok(Lookups { jobs, done })
+    }
+
+    /// Hands `job` to the worker; gives it back if the worker is gone.
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        self.jobs.send(job).map_err(|e| e.0)
+    }
+
+    /// The jobs finished since the last call.
+    pub fn finished(&self) -> impl Iterator<Item = Done> + '_ {
+        self.done.try_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll};
+    use std::time::{Duration, Instant};
+
+    /// A name server that takes its time.
+    fn slow(name: &str) -> Result<IpAddr, String> {
+        thread::sleep(Duration::from_millis(300));
+        match name {
+            "web.test" => Ok("127.0.0.7".parse().unwrap()),
+            _ => Err("can't resolve: no such host".into()),
+        }
+    }
+
+    #[test]
+    fn a_slow_lookup_does_not_hold_up_the_submitter() {
+        let mut poll = Poll::new().unwrap();
+        let lookups = Lookups::start_with(poll.registry(), Token(7), slow).unwrap();
+        let t0 = Instant::now();
+        let job = Job {
+            session: 3,
+            session_id: 42,
+            cmd: Command::Source("web.test".into()),
+            names: vec!["web.test".into(), "nowhere.test".into()],
+        };
+        assert!(lookups.submit(job).is_ok());
+        assert!(t0.elapsed() < Duration::from_millis(250), "submit blocked");
+        assert_eq!(lookups.finished().count(), 0, "nothing is done yet");
+
+        let mut events = Events::with_capacity(4);
+        let end = Instant::now() + Duration::from_secs(20);
+        let done = loop {
+            assert!(Instant::now() < end, "the worker never woke the loop");
+            poll.poll(&mut events, Some(Duration::from_secs(1)))
+                .unwrap();
+            if events.iter().any(|e| e.token() == Token(7)) {
+                if let Some(d) = lookups.finished().next() {
+                    break d;
+                }
+            }
+        };
+        assert_eq!((done.session, done.session_id), (3, 42));
+        assert_eq!(done.cmd, Command::Source("web.test".into()));
+        assert_eq!(
+            done.answers,
+            vec![
+                ("web.test".to_string(), Ok("127.0.0.7".parse().unwrap())),
+                (
+                    "nowhere.test".to_string(),
+                    Err("can't resolve: no such host".to_string())
+                ),
+            ]
+        );
+    }
+}
