@@ -2,17 +2,19 @@
 //! accept and close. No protocol code lives here.
 
 use std::io::{self, ErrorKind};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::addr::with_answers;
 use mio::event::Event;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::command::parse_line;
+use crate::command::file::read_file;
+use crate::command::{names_of, parse_line, Command};
 use crate::conn::relay::{Outcome, Relay};
 use crate::conn::{untoken, Phase, Side};
 use crate::control::{self, Kind, Session, Step, FIRST_SESSION_TOKEN};
-use crate::lookup::{Done, Job, Lookups};
+use crate::lookup::{Done, Job, Lookups, Origin};
 use crate::signals::Signals;
 use crate::spin::Spin;
 use crate::state::{Clock, PeerIp, State};
@@ -482,23 +484,60 @@ impl State {
         if names.is_empty() {
             return Some(reply_text(self.apply(cmd)));
         }
-        let job = Job {
-            session: key,
-            session_id: self.sessions[key].id,
-            cmd,
-            names,
+        let origin = Origin::Session {
+            key,
+            id: self.sessions[key].id,
         };
-        let submitted = match self.lookup_worker() {
-            Some(worker) => worker.submit(job),
-            None => Err(job),
-        };
-        match submitted {
+        match self.submit_lookup(origin, vec![(1, cmd)], names) {
             Ok(()) => {
                 self.sessions[key].await_lookup();
                 None
             }
             // No worker: look the names up here, as the original always did.
-            Err(job) => Some(reply_text(self.apply(job.cmd))),
+            Err(job) => Some(
+                job.cmds
+                    .into_iter()
+                    .map(|(_, c)| reply_text(self.apply(c)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// HUP: re-reads the `-F` file. If it names hosts, they are looked up off the loop
+    /// first and the file applies when the answers come ([`State::apply_reload`]).
+    pub fn reload_config(&mut self, path: &Path) {
+        let cmds = match read_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                common::diag!("{e}");
+                return;
+            }
+        };
+        let names = names_of(cmds.iter().map(|(_, c)| c));
+        if names.is_empty() {
+            return self.apply_reload(path, cmds);
+        }
+        let origin = Origin::Reload(path.to_path_buf());
+        if let Err(job) = self.submit_lookup(origin, cmds, names) {
+            self.apply_reload(path, job.cmds);
+        }
+    }
+
+    /// Hands commands to the lookup worker; gives them back if there is none.
+    fn submit_lookup(
+        &mut self,
+        origin: Origin,
+        cmds: Vec<(usize, Command)>,
+        names: Vec<String>,
+    ) -> Result<(), Job> {
+        let job = Job {
+            origin,
+            cmds,
+            names,
+        };
+        match self.lookup_worker() {
+            Some(worker) => worker.submit(job),
+            None => Err(job),
         }
     }
 
@@ -525,13 +564,21 @@ impl State {
             None => return,
         };
         for d in done {
-            let reply = reply_text(with_answers(d.answers, || self.apply(d.cmd)));
-            if self
-                .sessions
-                .get(d.session)
-                .is_some_and(|s| s.id == d.session_id)
-            {
-                self.session_reply(d.session, reply.into_bytes());
+            match d.origin {
+                Origin::Session { key, id } => {
+                    let reply: String = with_answers(d.answers, || {
+                        d.cmds
+                            .into_iter()
+                            .map(|(_, c)| reply_text(self.apply(c)))
+                            .collect()
+                    });
+                    if self.sessions.get(key).is_some_and(|s| s.id == id) {
+                        self.session_reply(key, reply.into_bytes());
+                    }
+                }
+                Origin::Reload(path) => {
+                    with_answers(d.answers, || self.apply_reload(&path, d.cmds));
+                }
             }
         }
     }

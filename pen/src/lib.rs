@@ -179,39 +179,28 @@ fn configure(state: &mut State, s: &Startup) -> Result<(), Error> {
         }
     }
     if let Some(cfg) = &s.config {
-        apply_file(state, cfg, true)?;
+        apply_file(state, cfg)?;
     }
     Ok(())
 }
 
-/// Reads and applies a config file; replies go to stdout. At startup any error is fatal.
-/// On HUP a file that does not parse is rejected whole (as `nginx -s reload` does) and
-/// a command that fails is reported while the rest of the file still applies.
-fn apply_file(state: &mut State, path: &Path, fatal: bool) -> Result<(), Error> {
+/// Reads and applies the `-F` file at startup; replies go to stdout and any error is
+/// fatal. (HUP re-reads it with [`State::reload_config`].)
+fn apply_file(state: &mut State, path: &Path) -> Result<(), Error> {
     let cmds = match read_file(path) {
         Ok(c) => c,
-        Err(e) if e.is_open_error() && fatal => {
+        Err(e) if e.is_open_error() => {
             // The original carried on without the file; keep that, but say so.
             common::diag!("{e}");
             return Ok(());
         }
         Err(e) => return Err(Error(e.to_string())),
     };
-    if !fatal {
-        // A reload applies the file's ACLs afresh instead of appending them again (the
-        // original grew every list on each HUP: control.md §5.3).
-        for (_, cmd) in &cmds {
-            if let command::Command::Acl(n, _) = cmd {
-                state.acls.clear(*n);
-            }
-        }
-    }
     for (lineno, cmd) in cmds {
-        match state.apply(cmd) {
-            Ok(reply) => print!("{reply}"),
-            Err(e) if fatal => return Err(Error(format!("{}:{lineno}: {e}", path.display()))),
-            Err(e) => common::diag!("{}:{lineno}: {e}", path.display()),
-        }
+        let reply = state
+            .apply(cmd)
+            .map_err(|e| Error(format!("{}:{lineno}: {e}", path.display())))?;
+        print!("{reply}");
     }
     Ok(())
 }
@@ -335,9 +324,7 @@ fn serve(state: &mut State, _s: Startup, mut parts: Parts) -> Result<(), Error> 
                 common::diag!("{e}");
             }
             if let Some(cfg) = state.settings.config.clone() {
-                if let Err(e) = apply_file(state, &cfg, false) {
-                    common::diag!("{e}");
-                }
+                state.reload_config(&cfg);
             }
         }
         /// USR1: rewrite the web stats file if there is one, else print the text stats.

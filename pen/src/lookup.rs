@@ -1,12 +1,13 @@
-//! Name lookups for control commands, off the event loop. The original looked up the
-//! name in `server N address NAME`, `source NAME`, `log NAME:PORT` or `listen NAME:PORT`
-//! inside its loop, so a slow name server froze all traffic. Here such a command goes to
-//! one worker thread, which looks the names up and wakes the loop; the loop then applies
-//! the command with those answers ([`common::addr::with_answers`]), exactly as if it had
-//! looked them up itself. The worker is started on first use.
+//! Name lookups for control commands and HUP reloads, off the event loop. The original
+//! looked up the name in `server N address NAME`, `source NAME`, `log NAME:PORT` or
+//! `listen NAME:PORT` inside its loop, so a slow name server froze all traffic. Here such
+//! commands go to one worker thread, which looks the names up and wakes the loop; the loop
+//! then applies the commands with those answers ([`common::addr::with_answers`]), exactly
+//! as if it had looked them up itself. The worker is started on first use.
 
 use std::io;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
@@ -16,21 +17,28 @@ use mio::{Registry, Token, Waker};
 
 use crate::command::Command;
 
-/// A command waiting for its names, and the control session that sent it.
+/// Where the commands of a job came from, and so where their replies go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A control session: its slab key, and its id (keys are reused).
+    Session { key: usize, id: u64 },
+    /// The `-F` file, re-read on HUP.
+    Reload(PathBuf),
+}
+
+/// Commands waiting for their names (with their line numbers in a file; 1 for a session).
 #[derive(Debug)]
 pub struct Job {
-    pub session: usize,
-    pub session_id: u64,
-    pub cmd: Command,
+    pub origin: Origin,
+    pub cmds: Vec<(usize, Command)>,
     pub names: Vec<String>,
 }
 
 /// A job whose names have been looked up.
 #[derive(Debug)]
 pub struct Done {
-    pub session: usize,
-    pub session_id: u64,
-    pub cmd: Command,
+    pub origin: Origin,
+    pub cmds: Vec<(usize, Command)>,
     pub answers: Answers,
 }
 
@@ -62,9 +70,8 @@ impl Lookups {
                 for job in todo {
                     let answers = job.names.iter().map(|n| (n.clone(), look(n))).collect();
                     let done = Done {
-                        session: job.session,
-                        session_id: job.session_id,
-                        cmd: job.cmd,
+                        origin: job.origin,
+                        cmds: job.cmds,
                         answers,
                     };
                     if finished.send(done).is_err() {
@@ -109,10 +116,10 @@ mod tests {
         let mut poll = Poll::new().unwrap();
         let lookups = Lookups::start_with(poll.registry(), Token(7), slow).unwrap();
         let t0 = Instant::now();
+        let origin = Origin::Session { key: 3, id: 42 };
         let job = Job {
-            session: 3,
-            session_id: 42,
-            cmd: Command::Source("web.test".into()),
+            origin: origin.clone(),
+            cmds: vec![(1, Command::Source("web.test".into()))],
             names: vec!["web.test".into(), "nowhere.test".into()],
         };
         assert!(lookups.submit(job).is_ok());
@@ -131,8 +138,8 @@ mod tests {
                 }
             }
         };
-        assert_eq!((done.session, done.session_id), (3, 42));
-        assert_eq!(done.cmd, Command::Source("web.test".into()));
+        assert_eq!(done.origin, origin);
+        assert_eq!(done.cmds, [(1, Command::Source("web.test".into()))]);
         assert_eq!(
             done.answers,
             vec![

@@ -148,6 +148,41 @@ fn hup_reopens_the_log() {
     assert_eq!(request_of(&old[0]), "GET /before HTTP/1.1");
 }
 
+/// A HUP whose file names a host: the name is looked up by pen's lookup thread, then the
+/// whole file applies (its replies on stdout, as always).
+#[test]
+fn reload_naming_a_host_applies_after_the_lookup() {
+    use std::net::ToSocketAddrs;
+    let dir = temp_dir("config_names");
+    let cfg = dir.join("pen.cfg");
+    std::fs::write(&cfg, "blacklist 4117\n").unwrap();
+    let a = NameServer::start("A");
+    // pen takes the first address of localhost, as this lookup does.
+    let first = ("localhost", 0).to_socket_addrs().unwrap().next().unwrap();
+    let b = match first {
+        SocketAddr::V6(_) => NameServer::start_on("[::1]:0", "B"),
+        SocketAddr::V4(_) => NameServer::start("B"),
+    };
+    let (pen, addr) = start_pen(&[
+        "-f",
+        "-F",
+        cfg.to_str().unwrap(),
+        "127.0.0.1:{port}",
+        &a.spec(),
+    ]);
+    assert_eq!(round_trip(addr, "x\n").0, "A");
+    assert!(!threads(pen.pid()).contains(&"pen-lookup".to_string()));
+    let text = format!(
+        "server 0 address localhost port {}\nblacklist 4233\n",
+        b.addr.port()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    pen.signal(libc::SIGHUP);
+    pen.wait_output("4233\n", DEADLINE);
+    assert!(threads(pen.pid()).contains(&"pen-lookup".to_string()));
+    assert_eq!(round_trip(addr, "x\n").0, "B");
+}
+
 /// `abort_on_error`: a fatal error prints its line, then aborts with a core file (the
 /// soft core limit is raised to the hard one) instead of exiting 1.
 #[test]

@@ -609,16 +609,6 @@ fn every_command_over_a_unix_socket() {
 
 // ---- live changes ----
 
-/// The names of a process's threads.
-fn threads(pid: i32) -> Vec<String> {
-    fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("comm")).ok())
-        .map(|c| c.trim_end().to_string())
-        .collect()
-}
-
 /// A command that names a host has it looked up by pen's lookup thread, then applies as
 /// if pen had looked it up itself; the session gets its reply then. (That the loop keeps
 /// serving during a slow lookup is shown in lookup.rs with a slow stand-in name server:
@@ -628,10 +618,10 @@ fn a_named_server_address_is_looked_up_and_applied() {
     let (a, b) = (NameServer::start("A"), NameServer::start("B"));
     let dir = test_dir("named-address");
     let pen = Pen::start(&dir, Ctl::V4, &["-r"], &[a.spec(), b.spec()]);
-    assert!(!threads(pen.proc.pid()).contains(&"pen-lookup".to_string()));
+    assert!(!util::threads(pen.proc.pid()).contains(&"pen-lookup".to_string()));
     assert_eq!(pen.cmd("server 0 address localhost"), "");
     // The lookup thread starts with the first command that needs it.
-    assert!(threads(pen.proc.pid()).contains(&"pen-lookup".to_string()));
+    assert!(util::threads(pen.proc.pid()).contains(&"pen-lookup".to_string()));
     let servers = pen.cmd("servers");
     let ip = servers
         .lines()

@@ -437,6 +437,16 @@ pub fn which_from(from: &str, pen: SocketAddr) -> String {
     line.trim_end().to_string()
 }
 
+/// The names of a process's threads.
+pub fn threads(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim_end().to_string())
+        .collect()
+}
+
 /// A backend that answers each connection with one line: the address it came from.
 pub fn peer_echo() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,5 +1,6 @@
 //! Config files (`-F`, `include`, HUP reloads; control.md §5.1): one command per line,
-//! parsed with [`parse_line`] exactly as if it had come from the control socket.
+//! parsed with [`parse_line`] exactly as if it had come from the control socket, and
+//! [`State::apply_reload`], which applies a file re-read on HUP.
 //!
 //! Blank, space-only and `#` comment lines are skipped; the rest are returned with their
 //! line numbers, for the caller to execute. Unlike the original, which printed an
@@ -14,6 +15,28 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
 use super::{parse_line, Command, ParseError};
+use crate::state::State;
+
+impl State {
+    /// Applies the `-F` file re-read on HUP: a file that did not parse was rejected whole
+    /// before this (as `nginx -s reload` does); here its ACLs are applied afresh instead of
+    /// appended again (the original grew every list on each HUP: control.md §5.3), each
+    /// reply goes to stdout, and a command that fails is reported while the rest still
+    /// applies.
+    pub fn apply_reload(&mut self, path: &Path, cmds: Vec<(usize, Command)>) {
+        for (_, cmd) in &cmds {
+            if let Command::Acl(n, _) = cmd {
+                self.acls.clear(*n);
+            }
+        }
+        for (lineno, cmd) in cmds {
+            match self.apply(cmd) {
+                Ok(reply) => print!("{reply}"),
+                Err(e) => common::diag!("{}:{lineno}: {e}", path.display()),
+            }
+        }
+    }
+}
 
 /// Longest line accepted, not counting its `\n` or `\r\n` (the original read lines with
 /// `fgets` into a 4096-byte buffer).

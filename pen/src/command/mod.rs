@@ -106,6 +106,14 @@ impl Command {
     }
 }
 
+/// The host names that applying `cmds` would look up, each once.
+pub fn names_of<'a>(cmds: impl IntoIterator<Item = &'a Command>) -> Vec<String> {
+    let mut names: Vec<String> = cmds.into_iter().flat_map(Command::names).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IntSetting {
     Blacklist,
