@@ -514,12 +514,15 @@ impl State {
             }
         };
         let names = names_of(cmds.iter().map(|(_, c)| c));
-        if names.is_empty() {
+        // A reload behind one still waiting for names waits its turn, so that reloads
+        // apply in the order of the HUPs.
+        if names.is_empty() && self.reloads_waiting == 0 {
             return self.apply_reload(path, cmds);
         }
         let origin = Origin::Reload(path.to_path_buf());
-        if let Err(job) = self.submit_lookup(origin, cmds, names) {
-            self.apply_reload(path, job.cmds);
+        match self.submit_lookup(origin, cmds, names) {
+            Ok(()) => self.reloads_waiting += 1,
+            Err(job) => self.apply_reload(path, job.cmds),
         }
     }
 
@@ -577,6 +580,7 @@ impl State {
                     }
                 }
                 Origin::Reload(path) => {
+                    self.reloads_waiting = self.reloads_waiting.saturating_sub(1);
                     with_answers(d.answers, || self.apply_reload(&path, d.cmds));
                 }
             }
