@@ -4,16 +4,21 @@
 //! loop (so one silent client froze all traffic: §13.2 #5), sessions here are
 //! non-blocking: the line is bounded (4095 bytes), the whole session has a deadline, and
 //! a slow reader of a large reply only delays itself. The same machinery serves the
-//! optional Prometheus listener, which answers any HTTP request with the metrics.
+//! optional Prometheus listener, which answers any HTTP request with the metrics. A
+//! command that names a host waits for [`crate::lookup`] before it runs.
 
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
+use mio::event::Event;
 use mio::{Interest, Registry, Token};
 
 use crate::clients::Peer;
+use crate::command::parse_line;
 use crate::conn::stream::Stream;
 use crate::listener::Listener;
+use crate::lookup::Origin;
+use crate::state::State;
 
 /// Longest command line (the original's buffer was 4096 bytes with the NUL).
 pub const MAX_LINE: usize = 4095;
@@ -254,6 +259,155 @@ pub fn register(reg: &Registry, s: &mut Session, key: usize) -> std::io::Result<
 /// The peer of an accepted control connection, for `control_acl`.
 pub fn accept(l: &Listener) -> std::io::Result<(Stream, Peer)> {
     l.accept()
+}
+
+/// Open sessions at most, per kind (so that metrics scrapers cannot crowd out penctl);
+/// more are closed at once.
+const MAX_SESSIONS: usize = 32;
+
+/// The text a control client gets for a command's outcome.
+pub(crate) fn reply_text(r: crate::command::exec::Reply) -> String {
+    r.unwrap_or_else(|e| format!("{e}\n"))
+}
+
+/// The sessions as the event loop drives them.
+impl State {
+    /// Accepts control (or metrics) connections. A TCP peer that `control_acl` denies is
+    /// closed at once with nothing sent (control.md §1.2); Unix peers are always allowed.
+    pub(crate) fn accept_sessions(&mut self, kind: Kind) {
+        loop {
+            let l = match kind {
+                Kind::Control => self.control.as_ref(),
+                Kind::Metrics => self.metrics.as_ref(),
+            };
+            let Some(l) = l else { return };
+            let (stream, peer) = match l.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    common::debug!(1, "control accept: {e}");
+                    return;
+                }
+            };
+            if kind == Kind::Control && !self.acls.permits(self.settings.control_acl, &peer) {
+                common::debug!(1, "do_ctrl: not from there ({peer})");
+                continue;
+            }
+            if self.sessions.iter().filter(|(_, s)| s.kind == kind).count() >= MAX_SESSIONS {
+                common::debug!(1, "too many control sessions; closing {peer}");
+                continue;
+            }
+            self.next_session_id += 1;
+            let key = self.sessions.insert(Session::new(
+                self.next_session_id,
+                kind,
+                stream,
+                self.clock.now,
+            ));
+            let registered = match &self.registry {
+                Some(reg) => register(reg, &mut self.sessions[key], key).is_ok(),
+                None => false,
+            };
+            if !registered {
+                self.sessions.remove(key);
+            }
+        }
+    }
+
+    pub(crate) fn session_event(&mut self, key: usize, ev: &Event) {
+        let now = self.clock.now;
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let mut step = Step::Wait;
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            step = s.on_readable(now);
+        }
+        if step == Step::Wait && (ev.is_writable() || ev.is_write_closed()) {
+            step = s.on_writable();
+        }
+        self.session_step(key, step);
+    }
+
+    pub(crate) fn session_timers(&mut self, now: Instant) {
+        let due: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.next_timer() <= now)
+            .map(|(k, _)| k)
+            .collect();
+        for key in due {
+            let step = self.sessions[key].on_timer(now);
+            self.session_step(key, step);
+        }
+    }
+
+    /// Answers a complete request, or closes a finished session.
+    fn session_step(&mut self, key: usize, step: Step) {
+        match step {
+            Step::Wait => {}
+            Step::Close => self.session_close(key),
+            Step::Request(req) => {
+                let kind = self.sessions[key].kind;
+                let reply = match (kind, req) {
+                    (Kind::Metrics, _) => metrics_response(self),
+                    (Kind::Control, Ok(line)) => match self.session_command(key, &line) {
+                        Some(reply) => reply.into_bytes(),
+                        None => return, // the reply comes after a name lookup
+                    },
+                    (Kind::Control, Err(e)) => format!("{e}\n").into_bytes(),
+                };
+                self.session_reply(key, reply);
+            }
+        }
+    }
+
+    /// Starts sending `reply` on session `key`; closes it once all is written.
+    pub(crate) fn session_reply(&mut self, key: usize, reply: Vec<u8>) {
+        if let Some(s) = self.sessions.get_mut(key) {
+            if s.reply(reply) == Step::Close {
+                self.session_close(key);
+            }
+        }
+    }
+
+    fn session_close(&mut self, key: usize) {
+        let mut s = self.sessions.remove(key);
+        if let Some(reg) = &self.registry {
+            let _ = reg.deregister(&mut s.stream);
+        }
+    }
+
+    /// Runs one control line from session `key`; `None` when the command first waits for
+    /// a name lookup off the loop ([`crate::lookup`]).
+    pub(crate) fn session_command(&mut self, key: usize, line: &str) -> Option<String> {
+        let cmd = match parse_line(line) {
+            Ok(cmd) => cmd,
+            Err(e) => return Some(format!("{e}\n")),
+        };
+        let names = cmd.names();
+        if names.is_empty() {
+            return Some(reply_text(self.apply(cmd)));
+        }
+        let origin = Origin::Session {
+            key,
+            id: self.sessions[key].id,
+        };
+        match self.submit_lookup(origin, vec![(1, cmd)], names) {
+            Ok(()) => {
+                self.sessions[key].await_lookup();
+                None
+            }
+            // No worker: look the names up here, as the original always did.
+            Err(job) => Some(
+                job.cmds
+                    .into_iter()
+                    .map(|(_, c)| reply_text(self.apply(c)))
+                    .collect(),
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,20 +1,16 @@
 //! The event loop: one mio `Poll`, dispatch of readiness events, deadlines, deferred
-//! accept and close. No protocol code lives here.
+//! accept and close. No protocol code lives here; control sessions are driven from
+//! `control`, name lookups from `lookup`.
 
 use std::io::{self, ErrorKind};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::addr::with_answers;
 use mio::event::Event;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::command::file::read_file;
-use crate::command::{names_of, parse_line, Command};
 use crate::conn::relay::{Outcome, Relay};
 use crate::conn::{untoken, Phase, Side};
-use crate::control::{self, Kind, Session, Step, FIRST_SESSION_TOKEN};
-use crate::lookup::{Done, Job, Lookups, Origin};
+use crate::control::{Kind, FIRST_SESSION_TOKEN};
 use crate::signals::Signals;
 use crate::spin::Spin;
 use crate::state::{Clock, PeerIp, State};
@@ -30,21 +26,12 @@ pub const METRICS: Token = Token(3);
 /// The name-lookup worker's waker.
 pub const LOOKUP: Token = Token(4);
 
-/// Open sessions at most, per kind (so that metrics scrapers cannot crowd out penctl);
-/// more are closed at once.
-const MAX_SESSIONS: usize = 32;
-
 /// What the loop asks of its owner between passes (things that need process context).
 pub trait Host {
     /// HUP: reopen the log, re-read the config file.
     fn reload(&mut self, state: &mut State);
     /// USR1: stats.
     fn stats(&mut self, state: &mut State);
-}
-
-/// The text a control client gets for a command's outcome.
-fn reply_text(r: crate::command::exec::Reply) -> String {
-    r.unwrap_or_else(|e| format!("{e}\n"))
 }
 
 /// Runs until TERM/INT or `exit`.
@@ -362,227 +349,6 @@ impl State {
             if reg.register(l, LISTEN, Interest::READABLE).is_ok() {
                 self.accept_paused = false;
                 self.accept_more = true;
-            }
-        }
-    }
-
-    /// Accepts control (or metrics) connections. A TCP peer that `control_acl` denies is
-    /// closed at once with nothing sent (control.md §1.2); Unix peers are always allowed.
-    fn accept_sessions(&mut self, kind: Kind) {
-        loop {
-            let l = match kind {
-                Kind::Control => self.control.as_ref(),
-                Kind::Metrics => self.metrics.as_ref(),
-            };
-            let Some(l) = l else { return };
-            let (stream, peer) = match l.accept() {
-                Ok(x) => x,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    common::debug!(1, "control accept: {e}");
-                    return;
-                }
-            };
-            if kind == Kind::Control && !self.acls.permits(self.settings.control_acl, &peer) {
-                common::debug!(1, "do_ctrl: not from there ({peer})");
-                continue;
-            }
-            if self.sessions.iter().filter(|(_, s)| s.kind == kind).count() >= MAX_SESSIONS {
-                common::debug!(1, "too many control sessions; closing {peer}");
-                continue;
-            }
-            self.next_session_id += 1;
-            let key = self.sessions.insert(Session::new(
-                self.next_session_id,
-                kind,
-                stream,
-                self.clock.now,
-            ));
-            let registered = match &self.registry {
-                Some(reg) => control::register(reg, &mut self.sessions[key], key).is_ok(),
-                None => false,
-            };
-            if !registered {
-                self.sessions.remove(key);
-            }
-        }
-    }
-
-    fn session_event(&mut self, key: usize, ev: &Event) {
-        let now = self.clock.now;
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        let mut step = Step::Wait;
-        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-            step = s.on_readable(now);
-        }
-        if step == Step::Wait && (ev.is_writable() || ev.is_write_closed()) {
-            step = s.on_writable();
-        }
-        self.session_step(key, step);
-    }
-
-    fn session_timers(&mut self, now: Instant) {
-        let due: Vec<usize> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.next_timer() <= now)
-            .map(|(k, _)| k)
-            .collect();
-        for key in due {
-            let step = self.sessions[key].on_timer(now);
-            self.session_step(key, step);
-        }
-    }
-
-    /// Answers a complete request, or closes a finished session.
-    fn session_step(&mut self, key: usize, step: Step) {
-        match step {
-            Step::Wait => {}
-            Step::Close => self.session_close(key),
-            Step::Request(req) => {
-                let kind = self.sessions[key].kind;
-                let reply = match (kind, req) {
-                    (Kind::Metrics, _) => control::metrics_response(self),
-                    (Kind::Control, Ok(line)) => match self.session_command(key, &line) {
-                        Some(reply) => reply.into_bytes(),
-                        None => return, // the reply comes after a name lookup
-                    },
-                    (Kind::Control, Err(e)) => format!("{e}\n").into_bytes(),
-                };
-                self.session_reply(key, reply);
-            }
-        }
-    }
-
-    /// Starts sending `reply` on session `key`; closes it once all is written.
-    fn session_reply(&mut self, key: usize, reply: Vec<u8>) {
-        if let Some(s) = self.sessions.get_mut(key) {
-            if s.reply(reply) == Step::Close {
-                self.session_close(key);
-            }
-        }
-    }
-
-    fn session_close(&mut self, key: usize) {
-        let mut s = self.sessions.remove(key);
-        if let Some(reg) = &self.registry {
-            let _ = reg.deregister(&mut s.stream);
-        }
-    }
-
-    /// Runs one control line from session `key`; `None` when the command first waits for
-    /// a name lookup off the loop ([`crate::lookup`]).
-    fn session_command(&mut self, key: usize, line: &str) -> Option<String> {
-        let cmd = match parse_line(line) {
-            Ok(cmd) => cmd,
-            Err(e) => return Some(format!("{e}\n")),
-        };
-        let names = cmd.names();
-        if names.is_empty() {
-            return Some(reply_text(self.apply(cmd)));
-        }
-        let origin = Origin::Session {
-            key,
-            id: self.sessions[key].id,
-        };
-        match self.submit_lookup(origin, vec![(1, cmd)], names) {
-            Ok(()) => {
-                self.sessions[key].await_lookup();
-                None
-            }
-            // No worker: look the names up here, as the original always did.
-            Err(job) => Some(
-                job.cmds
-                    .into_iter()
-                    .map(|(_, c)| reply_text(self.apply(c)))
-                    .collect(),
-            ),
-        }
-    }
-
-    /// HUP: re-reads the `-F` file. If it names hosts, they are looked up off the loop
-    /// first and the file applies when the answers come ([`State::apply_reload`]).
-    pub fn reload_config(&mut self, path: &Path) {
-        let cmds = match read_file(path) {
-            Ok(c) => c,
-            Err(e) => {
-                common::diag!("{e}");
-                return;
-            }
-        };
-        let names = names_of(cmds.iter().map(|(_, c)| c));
-        // A reload behind one still waiting for names waits its turn, so that reloads
-        // apply in the order of the HUPs.
-        if names.is_empty() && self.reloads_waiting == 0 {
-            return self.apply_reload(path, cmds);
-        }
-        let origin = Origin::Reload(path.to_path_buf());
-        match self.submit_lookup(origin, cmds, names) {
-            Ok(()) => self.reloads_waiting += 1,
-            Err(job) => self.apply_reload(path, job.cmds),
-        }
-    }
-
-    /// Hands commands to the lookup worker; gives them back if there is none.
-    fn submit_lookup(
-        &mut self,
-        origin: Origin,
-        cmds: Vec<(usize, Command)>,
-        names: Vec<String>,
-    ) -> Result<(), Job> {
-        let job = Job {
-            origin,
-            cmds,
-            names,
-        };
-        match self.lookup_worker() {
-            Some(worker) => worker.submit(job),
-            None => Err(job),
-        }
-    }
-
-    /// The lookup worker, started on first use.
-    fn lookup_worker(&mut self) -> Option<&Lookups> {
-        if self.lookups.is_none() {
-            let reg = self.registry.as_ref()?;
-            match Lookups::start(reg, LOOKUP) {
-                Ok(l) => self.lookups = Some(l),
-                Err(e) => {
-                    common::diag!("can't start the name lookup thread: {e}");
-                    return None;
-                }
-            }
-        }
-        self.lookups.as_ref()
-    }
-
-    /// Applies the commands whose names have been looked up, and answers their sessions
-    /// (a session that timed out meanwhile gets no reply, but its command still applies).
-    fn lookups_done(&mut self) {
-        let done: Vec<Done> = match &self.lookups {
-            Some(l) => l.finished().collect(),
-            None => return,
-        };
-        for d in done {
-            match d.origin {
-                Origin::Session { key, id } => {
-                    let reply: String = with_answers(d.answers, || {
-                        d.cmds
-                            .into_iter()
-                            .map(|(_, c)| reply_text(self.apply(c)))
-                            .collect()
-                    });
-                    if self.sessions.get(key).is_some_and(|s| s.id == id) {
-                        self.session_reply(key, reply.into_bytes());
-                    }
-                }
-                Origin::Reload(path) => {
-                    self.reloads_waiting = self.reloads_waiting.saturating_sub(1);
-                    with_answers(d.answers, || self.apply_reload(&path, d.cmds));
-                }
             }
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! `main.rs` only calls [`run`]. The modules each own one concept: the command language
 //! (`command`, `cli`), selection (`servers`, `clients`, `acl`, `select`), the event loop
-//! and connections (`event_loop`, `spin`, `conn`, `listener`), and the process shell (`signals`,
-//! `logsink`, `stats`).
+//! and connections (`event_loop`, `spin`, `conn`, `listener`), name lookups off the loop
+//! (`lookup`), and the process shell (`signals`, `logsink`, `stats`).
 
 pub mod acl;
 pub mod bufpool;

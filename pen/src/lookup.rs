@@ -7,15 +7,19 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 
-use common::addr::Answers;
+use common::addr::{with_answers, Answers};
 use mio::{Registry, Token, Waker};
 
-use crate::command::Command;
+use crate::command::file::read_file;
+use crate::command::{names_of, Command};
+use crate::control::reply_text;
+use crate::event_loop::LOOKUP;
+use crate::state::State;
 
 /// Where the commands of a job came from, and so where their replies go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +97,93 @@ impl Lookups {
     /// The jobs finished since the last call.
     pub fn finished(&self) -> impl Iterator<Item = Done> + '_ {
         self.done.try_iter()
+    }
+}
+
+/// Handing commands to the worker, and applying them when it is done.
+impl State {
+    /// HUP: re-reads the `-F` file. If it names hosts, they are looked up off the loop
+    /// first and the file applies when the answers come ([`State::apply_reload`]).
+    pub fn reload_config(&mut self, path: &Path) {
+        let cmds = match read_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                common::diag!("{e}");
+                return;
+            }
+        };
+        let names = names_of(cmds.iter().map(|(_, c)| c));
+        // A reload behind one still waiting for names waits its turn, so that reloads
+        // apply in the order of the HUPs.
+        if names.is_empty() && self.reloads_waiting == 0 {
+            return self.apply_reload(path, cmds);
+        }
+        let origin = Origin::Reload(path.to_path_buf());
+        match self.submit_lookup(origin, cmds, names) {
+            Ok(()) => self.reloads_waiting += 1,
+            Err(job) => self.apply_reload(path, job.cmds),
+        }
+    }
+
+    /// Hands commands to the lookup worker; gives them back if there is none.
+    pub(crate) fn submit_lookup(
+        &mut self,
+        origin: Origin,
+        cmds: Vec<(usize, Command)>,
+        names: Vec<String>,
+    ) -> Result<(), Job> {
+        let job = Job {
+            origin,
+            cmds,
+            names,
+        };
+        match self.lookup_worker() {
+            Some(worker) => worker.submit(job),
+            None => Err(job),
+        }
+    }
+
+    /// The lookup worker, started on first use.
+    pub(crate) fn lookup_worker(&mut self) -> Option<&Lookups> {
+        if self.lookups.is_none() {
+            let reg = self.registry.as_ref()?;
+            match Lookups::start(reg, LOOKUP) {
+                Ok(l) => self.lookups = Some(l),
+                Err(e) => {
+                    common::diag!("can't start the name lookup thread: {e}");
+                    return None;
+                }
+            }
+        }
+        self.lookups.as_ref()
+    }
+
+    /// Applies the commands whose names have been looked up, and answers their sessions
+    /// (a session that timed out meanwhile gets no reply, but its command still applies).
+    pub(crate) fn lookups_done(&mut self) {
+        let done: Vec<Done> = match &self.lookups {
+            Some(l) => l.finished().collect(),
+            None => return,
+        };
+        for d in done {
+            match d.origin {
+                Origin::Session { key, id } => {
+                    let reply: String = with_answers(d.answers, || {
+                        d.cmds
+                            .into_iter()
+                            .map(|(_, c)| reply_text(self.apply(c)))
+                            .collect()
+                    });
+                    if self.sessions.get(key).is_some_and(|s| s.id == id) {
+                        self.session_reply(key, reply.into_bytes());
+                    }
+                }
+                Origin::Reload(path) => {
+                    self.reloads_waiting = self.reloads_waiting.saturating_sub(1);
+                    with_answers(d.answers, || self.apply_reload(&path, d.cmds));
+                }
+            }
+        }
     }
 }
 
