@@ -144,7 +144,7 @@ impl State {
     }
 
     /// The lookup worker, started on first use.
-    pub(crate) fn lookup_worker(&mut self) -> Option<&Lookups> {
+    fn lookup_worker(&mut self) -> Option<&Lookups> {
         if self.lookups.is_none() {
             let reg = self.registry.as_ref()?;
             match Lookups::start(reg, LOOKUP) {
