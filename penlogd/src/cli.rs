@@ -115,7 +115,8 @@ struct Args {
     #[arg(short = 'm', long = "merge", value_name = "PENLOG",
           conflicts_with_all = DAEMON_ONLY)]
     merge: Option<PathBuf>,
-    /// Merge mode: seconds subtracted from pen's epochs before comparing (mergelogs -t).
+    /// Merge mode: seconds subtracted from pen's epochs before comparing (mergelogs -t)
+    /// [default: 0].
     #[arg(long = "offset", value_name = "SECS", allow_hyphen_values = true)]
     offset: Option<i64>,
     /// PORT to listen on; in merge mode, SERVER:LOGFILE pairs.
