@@ -642,9 +642,11 @@ fn a_named_server_address_is_looked_up_and_applied() {
     let mut landed = lands(pen.addr, "127.0.0.2", 2);
     landed.sort();
     assert_eq!(landed, ["B", "C"]);
-    // The same name again, with the port in the same command.
-    let cmd = format!("server 1 address localhost port {}", c.addr.port());
-    assert_eq!(pen.cmd(&cmd), "");
+    // The same name again, with the port in the same command, from an included file.
+    let inc = dir.join("names.cfg");
+    let text = format!("server 1 address localhost port {}\n", c.addr.port());
+    fs::write(&inc, text).unwrap();
+    assert_eq!(pen.cmd(&format!("include {}", inc.display())), "");
     assert_eq!(lands(pen.addr, "127.0.0.2", 2), ["C", "C"]);
 }
 

@@ -14,7 +14,7 @@ use common::addr::{resolve, split_host_port, Target};
 use common::net::Endpoint;
 
 /// How deep `include` may nest (the original did not detect recursion).
-const MAX_INCLUDE_DEPTH: usize = 16;
+pub(crate) const MAX_INCLUDE_DEPTH: usize = 16;
 
 /// Highest server slot count `server N` may create (the original had no bound).
 const SERVERS_MAX: usize = 65536;
