@@ -230,7 +230,13 @@ pub fn allow_core_dump() {
     raise_soft_limit(libc::RLIMIT_CORE);
 }
 
-fn raise_soft_limit(resource: libc::__rlimit_resource_t) {
+/// The type of a resource number: glibc has its own, other libcs an int.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+type Resource = libc::c_int;
+
+fn raise_soft_limit(resource: Resource) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
