@@ -19,7 +19,9 @@
 //! Additions after the original's last line, for settings it never saved but our parser
 //! reads back: `idle_timeout N`, `pending_max N`, `keepalive`/`no keepalive`,
 //! `transparent`/`no transparent`, `source X`/`no source`, `multi_accept N`,
-//! `busy_poll N`, `conn_max N`, `clients_max N` (the last two only grow on reload).
+//! `conn_max N`, `clients_max N` (the last two only grow on reload), and `busy_poll N`
+//! only when it is on: the original does not know it, so a file written at the defaults
+//! loads into an original pen without an "ignoring command" line.
 //!
 //! Still only in the restart comment, as in the original: the listener, the control
 //! socket, `-U -f -X -e -B -j -p -u`. Names with spaces (paths, log targets) cannot be
@@ -96,9 +98,11 @@ pub fn config(state: &State, file: &Path, now_local: &str) -> String {
         None => out.push_str("no source\n"),
     }
     let _ = writeln!(out, "multi_accept {}", s.multi_accept);
-    let _ = writeln!(out, "busy_poll {}", s.busy_poll);
     let _ = writeln!(out, "conn_max {}", s.conn_max);
     let _ = writeln!(out, "clients_max {}", state.clients.capacity());
+    if s.busy_poll > 0 {
+        let _ = writeln!(out, "busy_poll {}", s.busy_poll);
+    }
     out
 }
 
@@ -296,7 +300,6 @@ no keepalive
 no transparent
 no source
 multi_accept 100
-busy_poll 0
 conn_max 500
 clients_max 2048
 ";
@@ -433,6 +436,7 @@ clients_max 2048
             "tcp_fastclose both\n",
             "source 127.0.0.1\n",
             "\nkeepalive\ntransparent\n",
+            "\nclients_max 5000\nbusy_poll 50\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
