@@ -12,43 +12,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    self, penlogd_counts, penlogd_report, run_with_stdin, start_penlogd, temp_dir, udp_from,
-    wait_until, Proc, DEADLINE,
+    self, lines, penlogd_counts, penlogd_report, run_with_stdin, start_penlogd, temp_dir, udp_from,
+    wait_lines, wait_received, wait_until, Proc, DEADLINE,
 };
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// The file's lines (empty if it does not exist yet).
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read(path)
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .lines()
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Waits until `path` holds at least `n` lines and returns them.
-fn wait_lines(path: &Path, n: usize) -> Vec<String> {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let l = lines(path);
-        if l.len() >= n {
-            return l;
-        }
-        assert!(
-            Instant::now() < end,
-            "{}: {} of {n} lines:\n{}",
-            path.display(),
-            l.len(),
-            l.join("\n")
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Sends `data` from `sock` to penlogd.
@@ -63,23 +32,6 @@ fn penlog(to: SocketAddr, local: &str, input: &str) {
     let (code, _, err) = run_with_stdin("penlog", &[&host, &port, local], input.as_bytes());
     assert_eq!(code, 0, "penlog failed: {err}");
     assert!(err.is_empty(), "penlog complained: {err}");
-}
-
-/// Waits until penlogd has handled `n` datagrams (by its USR1 report) and returns it.
-fn wait_received(d: &Proc, n: u64) -> HashMap<String, u64> {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let c = penlogd_report(d);
-        if c["received"] >= n {
-            return c;
-        }
-        assert!(
-            Instant::now() < end,
-            "penlogd handled {} of {n} datagrams",
-            c["received"]
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// TERM, exit 0, and the counters of its exit report.

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod interop;
 mod logging;
 mod pen_defects;
 mod pen_fixes;

@@ -191,7 +191,18 @@ pub fn run(name: &str, args: &[&str]) -> (i32, String, String) {
 }
 
 pub fn run_with_stdin(name: &str, args: &[&str], input: &[u8]) -> (i32, String, String) {
-    let mut child = Command::new(bin(name))
+    run_program(Command::new(bin(name)), name, args, input)
+}
+
+/// Runs `cmd` (named `name` in messages) with `args` to completion with a time limit,
+/// feeding it `input`; returns (exit code, stdout, stderr).
+pub fn run_program(
+    mut cmd: Command,
+    name: &str,
+    args: &[&str],
+    input: &[u8],
+) -> (i32, String, String) {
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -293,6 +304,15 @@ pub fn start_pen(args: &[&str]) -> (Proc, SocketAddr) {
 /// [`start_pen`] on another loopback address (e.g. `::1`): `{port}` in `args` becomes a
 /// port that was free on `ip`.
 pub fn start_pen_at(ip: std::net::IpAddr, args: &[&str]) -> (Proc, SocketAddr) {
+    start_pen_with(|argv| Proc::start("pen", argv), ip, args)
+}
+
+/// [`start_pen_at`] for a pen that `start` runs (ours, or the original).
+pub fn start_pen_with(
+    start: impl Fn(&[&str]) -> Proc,
+    ip: std::net::IpAddr,
+    args: &[&str],
+) -> (Proc, SocketAddr) {
     for _ in 0..5 {
         let port = TcpListener::bind((ip, 0))
             .unwrap()
@@ -305,7 +325,7 @@ pub fn start_pen_at(ip: std::net::IpAddr, args: &[&str]) -> (Proc, SocketAddr) {
             .map(|a| a.replace("{port}", &port.to_string()))
             .collect();
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut pen = Proc::start("pen", &argv);
+        let mut pen = start(&argv);
         let end = Instant::now() + DEADLINE;
         loop {
             // Look for pen's listening socket instead of connecting: a probe connection is
@@ -557,6 +577,54 @@ fn bracket(ip: &str) -> String {
 /// A UDP socket bound to `ip:0` (e.g. 127.0.0.2, to pose as a web server or as pen).
 pub fn udp_from(ip: &str) -> UdpSocket {
     UdpSocket::bind(format!("{}:0", bracket(ip))).unwrap()
+}
+
+/// The file's lines (empty if it does not exist yet).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read(path)
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `path` holds at least `n` lines and returns them.
+pub fn wait_lines(path: &Path, n: usize) -> Vec<String> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let l = lines(path);
+        if l.len() >= n {
+            return l;
+        }
+        assert!(
+            Instant::now() < end,
+            "{}: {} of {n} lines:\n{}",
+            path.display(),
+            l.len(),
+            l.join("\n")
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until penlogd has handled `n` datagrams (by its USR1 report) and returns it.
+pub fn wait_received(d: &Proc, n: u64) -> std::collections::HashMap<String, u64> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let c = penlogd_report(d);
+        if c["received"] >= n {
+            return c;
+        }
+        assert!(
+            Instant::now() < end,
+            "penlogd handled {} of {n} datagrams",
+            c["received"]
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// penlogd's counters as reported on stderr (`received N datagrams: ...`), by name.
