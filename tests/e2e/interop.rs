@@ -4,7 +4,9 @@
 //! - our penctl drives the original pen, and the original penctl drives ours, with the
 //!   same replies;
 //! - a config file that either pen writes is read by the other without losing a setting;
-//! - the original mergelogs reads our pen's local log.
+//! - the original mergelogs reads our pen's local log;
+//! - both pens send the same clients to the same servers (tracking, hash, round robin),
+//!   so swapping one for the other moves no client.
 //!
 //! The originals are Debian's `pen` package (0.34.1; `.ci/run` installs it). Our pen and
 //! penlog feeding the *original* penlogd is not tested here: it binds 0.0.0.0, and these
@@ -19,8 +21,8 @@ use std::process::Command;
 
 use crate::util::{
     as_user, connect_from, penctl, run_program, start_pen, start_pen_with, start_penlogd,
-    tcp_listeners, temp_dir, wait_for_file, wait_lines, wait_received, wait_until, NameServer,
-    Proc, DEADLINE,
+    tcp_listeners, temp_dir, wait_for_file, wait_lines, wait_received, wait_until, which_from,
+    NameServer, Proc, DEADLINE,
 };
 
 /// The original program `name` from Debian's `pen` package.
@@ -341,4 +343,28 @@ fn the_original_mergelogs_reads_our_local_log() {
         ],
         "{out}"
     );
+}
+
+#[test]
+fn servers_are_picked_as_the_original_picks_them() {
+    let backends = ["A", "B", "C"].map(NameServer::start);
+    let specs: Vec<String> = backends.iter().map(NameServer::spec).collect();
+    for mode in [None, Some("-h"), Some("-r")] {
+        let mut args: Vec<&str> = vec!["-f"];
+        args.extend(mode);
+        args.push("127.0.0.1:{port}");
+        args.extend(specs.iter().map(String::as_str));
+        let (_theirs, theirs) = start_original_pen(&args);
+        let (_ours, ours) = start_pen(&args);
+        // Twelve clients, twice each: tracking, the hash of the address, or the cursor.
+        let picks = |pen: SocketAddr| -> Vec<String> {
+            (2..14)
+                .flat_map(|n| [n, n])
+                .map(|n| which_from(&format!("127.0.0.{n}"), pen))
+                .collect()
+        };
+        let want = picks(theirs);
+        assert!(want.iter().all(|p| !p.is_empty()), "{mode:?}: {want:?}");
+        assert_eq!(picks(ours), want, "{mode:?}");
+    }
 }
