@@ -1121,7 +1121,6 @@ fn write_emits_the_original_lines_in_the_original_order() {
             "no transparent",
             "no source",
             "multi_accept 100",
-            "busy_poll 0",
             "conn_max 500",
             "clients_max 2048",
         ]
