@@ -380,26 +380,25 @@ impl State {
     }
 
     /// Runs one control line from session `key`; `None` when the command first waits for
-    /// a name lookup off the loop ([`crate::lookup`]).
+    /// a name lookup or a file read off the loop ([`crate::lookup`]).
     pub(crate) fn session_command(&mut self, key: usize, line: &str) -> Option<String> {
         let cmd = match parse_line(line) {
             Ok(cmd) => cmd,
             Err(e) => return Some(format!("{e}\n")),
         };
-        let names = cmd.names();
-        if names.is_empty() {
+        if cmd.names().is_empty() && !cmd.reads_files() {
             return Some(reply_text(self.apply(cmd)));
         }
         let origin = Origin::Session {
             key,
             id: self.sessions[key].id,
         };
-        match self.submit_lookup(origin, vec![(1, cmd)], names) {
+        match self.submit_lookup(origin, vec![(1, cmd)]) {
             Ok(()) => {
                 self.sessions[key].await_lookup();
                 None
             }
-            // No worker: look the names up here, as the original always did.
+            // No worker: look the names up and read the files here, as the original did.
             Err(job) => Some(
                 job.cmds
                     .into_iter()

@@ -1,9 +1,12 @@
-//! Name lookups for control commands and HUP reloads, off the event loop. The original
-//! looked up the name in `server N address NAME`, `source NAME`, `log NAME:PORT` or
-//! `listen NAME:PORT` inside its loop, so a slow name server froze all traffic. Here such
-//! commands go to one worker thread, which looks the names up and wakes the loop; the loop
-//! then applies the commands with those answers ([`common::addr::with_answers`]), exactly
-//! as if it had looked them up itself. The worker is started on first use.
+//! Name lookups and config file reads for control commands and HUP reloads, off the event
+//! loop. The original looked up the name in `server N address NAME`, `source NAME`,
+//! `log NAME:PORT` or `listen NAME:PORT`, and read `include` and `-F` files, inside its
+//! loop, so a slow name server or disk froze all traffic. Here such commands go to one
+//! worker thread, which reads the files, looks the names up and wakes the loop; the loop
+//! then applies the commands with those answers and files
+//! ([`common::addr::with_answers`], [`with_files`]), exactly as if it had looked them up
+//! and read them itself. The worker is started on first use, and takes jobs in order, so
+//! reloads apply in the order of the HUPs.
 
 use std::io;
 use std::net::IpAddr;
@@ -16,7 +19,8 @@ use common::addr::{with_answers, Answers};
 use mio::{Registry, Token, Waker};
 
 use crate::command::file::read_file;
-use crate::command::{names_of, Command};
+use crate::command::preload::{with_files, Files, Preload};
+use crate::command::Command;
 use crate::control::reply_text;
 use crate::event_loop::LOOKUP;
 use crate::state::State;
@@ -30,19 +34,20 @@ pub enum Origin {
     Reload(PathBuf),
 }
 
-/// Commands waiting for their names (with their line numbers in a file; 1 for a session).
+/// Commands waiting for their files and names (with their line numbers; 1 for a session).
+/// A reload's commands are in its file.
 #[derive(Debug)]
 pub struct Job {
     pub origin: Origin,
     pub cmds: Vec<(usize, Command)>,
-    pub names: Vec<String>,
 }
 
-/// A job whose names have been looked up.
+/// A job whose files have been read and names looked up.
 #[derive(Debug)]
 pub struct Done {
     pub origin: Origin,
     pub cmds: Vec<(usize, Command)>,
+    pub files: Files,
     pub answers: Answers,
 }
 
@@ -72,11 +77,20 @@ impl Lookups {
             .spawn(move || {
                 // Ends when the loop drops its `Lookups`.
                 for job in todo {
-                    let answers = job.names.iter().map(|n| (n.clone(), look(n))).collect();
+                    let mut pre = Preload::default();
+                    match &job.origin {
+                        Origin::Reload(path) => pre.read(&path.to_string_lossy(), 0),
+                        Origin::Session { .. } => pre.walk(&job.cmds, 0),
+                    }
+                    let answers = pre.names().into_iter().map(|n| {
+                        let a = look(&n);
+                        (n, a)
+                    });
                     let done = Done {
+                        answers: answers.collect(),
                         origin: job.origin,
                         cmds: job.cmds,
-                        answers,
+                        files: pre.files,
                     };
                     if finished.send(done).is_err() {
                         break;
@@ -102,41 +116,30 @@ impl Lookups {
 
 /// Handing commands to the worker, and applying them when it is done.
 impl State {
-    /// HUP: re-reads the `-F` file. If it names hosts, they are looked up off the loop
-    /// first and the file applies when the answers come ([`State::apply_reload`]).
+    /// HUP: re-reads the `-F` file, off the loop with the names it looks up, and applies
+    /// it when the worker is done ([`State::lookups_done`]).
     pub fn reload_config(&mut self, path: &Path) {
-        let cmds = match read_file(path) {
-            Ok(c) => c,
-            Err(e) => {
-                common::diag!("{e}");
-                return;
-            }
-        };
-        let names = names_of(cmds.iter().map(|(_, c)| c));
-        // A reload behind one still waiting for names waits its turn, so that reloads
-        // apply in the order of the HUPs.
-        if names.is_empty() && self.reloads_waiting == 0 {
-            return self.apply_reload(path, cmds);
-        }
         let origin = Origin::Reload(path.to_path_buf());
-        match self.submit_lookup(origin, cmds, names) {
-            Ok(()) => self.reloads_waiting += 1,
-            Err(job) => self.apply_reload(path, job.cmds),
+        if self.submit_lookup(origin, Vec::new()).is_err() {
+            self.reload_now(path);
         }
     }
 
-    /// Hands commands to the lookup worker; gives them back if there is none.
+    /// Reads the `-F` file (from memory inside [`with_files`]) and applies it.
+    fn reload_now(&mut self, path: &Path) {
+        match read_file(path) {
+            Ok(cmds) => self.apply_reload(path, cmds),
+            Err(e) => common::diag!("{e}"),
+        }
+    }
+
+    /// Hands commands to the worker; gives them back if there is none.
     pub(crate) fn submit_lookup(
         &mut self,
         origin: Origin,
         cmds: Vec<(usize, Command)>,
-        names: Vec<String>,
     ) -> Result<(), Job> {
-        let job = Job {
-            origin,
-            cmds,
-            names,
-        };
+        let job = Job { origin, cmds };
         match self.lookup_worker() {
             Some(worker) => worker.submit(job),
             None => Err(job),
@@ -150,7 +153,7 @@ impl State {
             match Lookups::start(reg, LOOKUP) {
                 Ok(l) => self.lookups = Some(l),
                 Err(e) => {
-                    common::diag!("can't start the name lookup thread: {e}");
+                    common::diag!("can't start the lookup thread: {e}");
                     return None;
                 }
             }
@@ -158,7 +161,7 @@ impl State {
         self.lookups.as_ref()
     }
 
-    /// Applies the commands whose names have been looked up, and answers their sessions
+    /// Applies the commands whose files and names are ready, and answers their sessions
     /// (a session that timed out meanwhile gets no reply, but its command still applies).
     pub(crate) fn lookups_done(&mut self) {
         let done: Vec<Done> = match &self.lookups {
@@ -166,23 +169,26 @@ impl State {
             None => return,
         };
         for d in done {
-            match d.origin {
-                Origin::Session { key, id } => {
-                    let reply: String = with_answers(d.answers, || {
-                        d.cmds
+            let Done {
+                origin,
+                cmds,
+                files,
+                answers,
+            } = d;
+            with_answers(answers, || {
+                with_files(files, || match origin {
+                    Origin::Session { key, id } => {
+                        let reply: String = cmds
                             .into_iter()
                             .map(|(_, c)| reply_text(self.apply(c)))
-                            .collect()
-                    });
-                    if self.sessions.get(key).is_some_and(|s| s.id == id) {
-                        self.session_reply(key, reply.into_bytes());
+                            .collect();
+                        if self.sessions.get(key).is_some_and(|s| s.id == id) {
+                            self.session_reply(key, reply.into_bytes());
+                        }
                     }
-                }
-                Origin::Reload(path) => {
-                    self.reloads_waiting = self.reloads_waiting.saturating_sub(1);
-                    with_answers(d.answers, || self.apply_reload(&path, d.cmds));
-                }
-            }
+                    Origin::Reload(path) => self.reload_now(&path),
+                })
+            });
         }
     }
 }
@@ -208,10 +214,13 @@ mod tests {
         let lookups = Lookups::start_with(poll.registry(), Token(7), slow).unwrap();
         let t0 = Instant::now();
         let origin = Origin::Session { key: 3, id: 42 };
+        let cmds = vec![
+            (1, Command::Source("web.test".into())),
+            (1, Command::Log(Some("nowhere.test:514".into()))),
+        ];
         let job = Job {
             origin: origin.clone(),
-            cmds: vec![(1, Command::Source("web.test".into()))],
-            names: vec!["web.test".into(), "nowhere.test".into()],
+            cmds: cmds.clone(),
         };
         assert!(lookups.submit(job).is_ok());
         assert!(t0.elapsed() < Duration::from_millis(250), "submit blocked");
@@ -230,15 +239,15 @@ mod tests {
             }
         };
         assert_eq!(done.origin, origin);
-        assert_eq!(done.cmds, [(1, Command::Source("web.test".into()))]);
+        assert_eq!(done.cmds, cmds);
         assert_eq!(
             done.answers,
             vec![
-                ("web.test".to_string(), Ok("127.0.0.7".parse().unwrap())),
                 (
                     "nowhere.test".to_string(),
                     Err("can't resolve: no such host".to_string())
                 ),
+                ("web.test".to_string(), Ok("127.0.0.7".parse().unwrap())),
             ]
         );
     }

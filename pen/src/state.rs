@@ -234,10 +234,8 @@ pub struct State {
     pub sessions: Slab<Session>,
     /// The id of the next session.
     pub next_session_id: u64,
-    /// The name-lookup worker, started when a control command first needs it.
+    /// The worker for name lookups and file reads, started when first needed.
     pub lookups: Option<Lookups>,
-    /// HUP reloads handed to the lookup worker and not applied yet.
-    pub reloads_waiting: usize,
     /// Set once the loop runs: from then on `listen` rebinds at once.
     pub registry: Option<Registry>,
     /// Connects in flight (`pending_max`).
@@ -287,7 +285,6 @@ impl State {
             sessions: Slab::new(),
             next_session_id: 0,
             lookups: None,
-            reloads_waiting: 0,
             registry: None,
             pending_connects: 0,
             accept_paused: false,

@@ -183,6 +183,33 @@ fn reload_naming_a_host_applies_after_the_lookup() {
     assert_eq!(round_trip(addr, "x\n").0, "B");
 }
 
+/// HUP reads the `-F` file off the loop too: one that is slow to read (here a FIFO with no
+/// writer yet) holds up no traffic, and applies when it comes.
+#[test]
+fn a_reload_that_is_slow_to_read_holds_up_no_traffic() {
+    let dir = temp_dir("reload_fifo");
+    let cfg = dir.join("pen.cfg");
+    std::fs::write(&cfg, "blacklist 4117\n").unwrap();
+    let a = NameServer::start("A");
+    let (pen, addr) = start_pen(&[
+        "-f",
+        "-F",
+        cfg.to_str().unwrap(),
+        "127.0.0.1:{port}",
+        &a.spec(),
+    ]);
+    pen.wait_output("4117\n", DEADLINE);
+    std::fs::remove_file(&cfg).unwrap();
+    mkfifo(&cfg);
+    pen.signal(libc::SIGHUP);
+    wait_until("the pen-lookup thread", || {
+        threads(pen.pid()).contains(&"pen-lookup".to_string())
+    });
+    assert_eq!(round_trip(addr, "x\n").0, "A");
+    std::fs::write(&cfg, "blacklist 4233\n").unwrap();
+    pen.wait_output("4233\n", DEADLINE);
+}
+
 /// `abort_on_error`: a fatal error prints its line, then aborts with a core file (the
 /// soft core limit is raised to the hard one) instead of exiting 1.
 #[test]

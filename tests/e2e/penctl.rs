@@ -650,6 +650,31 @@ fn a_named_server_address_is_looked_up_and_applied() {
     assert_eq!(lands(pen.addr, "127.0.0.2", 2), ["C", "C"]);
 }
 
+/// `include` reads its file off the loop: one that is slow to read (here a FIFO with no
+/// writer yet) holds up neither traffic nor other control commands.
+#[test]
+fn an_include_that_is_slow_to_read_holds_up_nothing_else() {
+    let a = NameServer::start("A");
+    let dir = test_dir("include-fifo");
+    let pen = Pen::start(&dir, Ctl::V4, &[], &[a.spec()]);
+    let fifo = dir.join("slow.cfg");
+    util::mkfifo(&fifo);
+
+    let (ctl, line) = (pen.ctl.clone(), format!("include {}", fifo.display()));
+    let include = thread::spawn(move || penctl(&ctl, &line));
+    // The command reached pen, which handed it to its worker thread...
+    util::wait_until("the pen-lookup thread", || {
+        util::threads(pen.proc.pid()).contains(&"pen-lookup".to_string())
+    });
+    // ... and serves on while the file has no writer.
+    assert_eq!(which_from("127.0.0.2", pen.addr), "A");
+    assert_eq!(pen.cmd("timeout"), "3\n");
+
+    fs::write(&fifo, "timeout 7\n").unwrap();
+    assert_eq!(include.join().unwrap(), "");
+    assert_eq!(pen.cmd("timeout"), "7\n");
+}
+
 #[test]
 fn server_commands_change_live_servers() {
     let (a, b, c) = (

@@ -457,6 +457,22 @@ pub fn which_from(from: &str, pen: SocketAddr) -> String {
     line.trim_end().to_string()
 }
 
+/// Makes a FIFO at `path` that anyone may read (pen may run as nobody).
+pub fn mkfifo(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
 /// The names of a process's threads.
 pub fn threads(pid: i32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))

@@ -75,6 +75,28 @@ impl FileError {
     }
 }
 
+/// A copy that says the same (`io::Error` is not `Clone`): for a file read ahead, whose
+/// error may be reported more than once.
+impl Clone for FileError {
+    fn clone(&self) -> FileError {
+        let io = |e: &io::Error| match e.raw_os_error() {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(e.kind(), e.to_string()),
+        };
+        FileError {
+            name: self.name.clone(),
+            line: self.line,
+            kind: match &self.kind {
+                FileErrorKind::Open(e) => FileErrorKind::Open(io(e)),
+                FileErrorKind::Read(e) => FileErrorKind::Read(io(e)),
+                FileErrorKind::TooLong => FileErrorKind::TooLong,
+                FileErrorKind::NotUtf8 => FileErrorKind::NotUtf8,
+                FileErrorKind::Parse(e) => FileErrorKind::Parse(e.clone()),
+            },
+        }
+    }
+}
+
 impl fmt::Display for FileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {
@@ -101,8 +123,17 @@ impl std::error::Error for FileError {
     }
 }
 
-/// Reads and parses the config file at `path`.
+/// Reads and parses the config file at `path`, from memory if it was read ahead
+/// ([`super::preload::with_files`]).
 pub fn read_file(path: &Path) -> Result<Vec<(usize, Command)>, FileError> {
+    match super::preload::stand_in(&path.to_string_lossy()) {
+        Some(parsed) => parsed,
+        None => read_from_disk(path),
+    }
+}
+
+/// Reads and parses the config file at `path` from the disk.
+pub(super) fn read_from_disk(path: &Path) -> Result<Vec<(usize, Command)>, FileError> {
     let name = path.display().to_string();
     let file = File::open(path).map_err(|e| FileError {
         name: name.clone(),

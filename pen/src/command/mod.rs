@@ -5,6 +5,7 @@
 pub mod exec;
 pub mod file;
 pub mod parse;
+pub mod preload;
 pub mod write;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -75,15 +76,11 @@ pub enum Command {
     Unsupported(String),
 }
 
-/// Integer settings that reply with their value (control.md §3.1).
 impl Command {
     /// The host names that applying this command would look up (IP literals and paths
-    /// need none): the event loop has them looked up elsewhere first.
+    /// need none): the event loop has them looked up elsewhere first. An `include`'s
+    /// names are in its file: [`preload::Preload`] finds them.
     pub fn names(&self) -> Vec<String> {
-        self.names_at(0)
-    }
-
-    fn names_at(&self, depth: usize) -> Vec<String> {
         let listen_host = |spec: &str| match ListenSpec::parse(spec, Proto::Tcp) {
             Ok(ListenSpec::Inet { host, .. }) => host,
             _ => None,
@@ -104,29 +101,18 @@ impl Command {
             Command::Listen(Some(spec)) | Command::Prometheus(Some(spec)) => {
                 listen_host(spec).into_iter().collect()
             }
-            // The names of the included file's commands (a file that cannot be read has
-            // none: applying the include reports it).
-            Command::Include(path) if depth < exec::MAX_INCLUDE_DEPTH => {
-                file::read_file(std::path::Path::new(path))
-                    .unwrap_or_default()
-                    .iter()
-                    .flat_map(|(_, c)| c.names_at(depth + 1))
-                    .collect()
-            }
             _ => Vec::new(),
         };
         hosts.into_iter().filter(|h| is_name(h)).collect()
     }
+
+    /// Whether applying this command reads a file, which the loop has done elsewhere.
+    pub fn reads_files(&self) -> bool {
+        matches!(self, Command::Include(_))
+    }
 }
 
-/// The host names that applying `cmds` would look up, each once.
-pub fn names_of<'a>(cmds: impl IntoIterator<Item = &'a Command>) -> Vec<String> {
-    let mut names: Vec<String> = cmds.into_iter().flat_map(Command::names).collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
+/// Integer settings that reply with their value (control.md §3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IntSetting {
     Blacklist,
@@ -230,29 +216,6 @@ mod tests {
 
     fn names(line: &str) -> Vec<String> {
         parse_line(line).unwrap().names()
-    }
-
-    #[test]
-    fn an_include_names_the_hosts_of_its_file_and_those_it_includes() {
-        let dir = std::env::temp_dir().join(format!("pen-names-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (outer, inner) = (dir.join("outer.cfg"), dir.join("inner.cfg"));
-        let text = format!(
-            "server 1 address web1.example\ninclude {}\ntimeout 5\n",
-            inner.display()
-        );
-        std::fs::write(&outer, text).unwrap();
-        std::fs::write(&inner, "log logs.example:514\nsource 10.0.0.1\n").unwrap();
-        let got = names(&format!("include {}", outer.display()));
-        assert_eq!(got, ["web1.example", "logs.example"]);
-        // A file that includes itself stops at the depth limit.
-        std::fs::write(&inner, format!("include {}\n", inner.display())).unwrap();
-        assert_eq!(
-            names(&format!("include {}", inner.display())),
-            Vec::<String>::new()
-        );
-        assert!(names(&format!("include {}", dir.join("missing").display())).is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
