@@ -25,6 +25,8 @@ pub type Files = HashMap<String, Parsed>;
 pub struct Preload {
     pub files: Files,
     names: Vec<String>,
+    /// The shallowest depth each file's commands were walked at.
+    walked: HashMap<String, usize>,
 }
 
 impl Preload {
@@ -41,15 +43,19 @@ impl Preload {
         }
     }
 
-    /// Reads the file `name` (once), then walks its commands at `depth`.
+    /// Reads the file `name` (once), then walks its commands at `depth` (again if that
+    /// is shallower than before, as its includes may then reach further).
     pub fn read(&mut self, name: &str, depth: usize) {
-        if self.files.contains_key(name) {
+        if self.walked.get(name).is_some_and(|&d| d <= depth) {
             return;
         }
-        let parsed = read_from_disk(Path::new(name));
-        let cmds = parsed.as_ref().ok().cloned();
-        self.files.insert(name.to_string(), parsed);
-        if let Some(cmds) = cmds {
+        self.walked.insert(name.to_string(), depth);
+        let parsed = self
+            .files
+            .entry(name.to_string())
+            .or_insert_with(|| read_from_disk(Path::new(name)));
+        if let Ok(cmds) = parsed {
+            let cmds = cmds.clone();
             self.walk(&cmds, depth);
         }
     }
@@ -170,6 +176,10 @@ mod tests {
         assert!(!pre
             .files
             .contains_key(&file(MAX_INCLUDE_DEPTH + 1).display().to_string()));
+        // Reached again from nearer the top, the chain is followed further (to a file
+        // that does not exist).
+        pre.read(&file(2).display().to_string(), 0);
+        assert_eq!(pre.files.len(), MAX_INCLUDE_DEPTH + 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
