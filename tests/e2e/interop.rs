@@ -2,7 +2,7 @@
 //! user can mix them on loopback.
 //! - the original pen's log records and the original penlog's lines reach our penlogd;
 //! - our penctl drives the original pen, and the original penctl drives ours, with the
-//!   same replies;
+//!   same replies, the HTML status page included;
 //! - a config file that either pen writes is read by the other without losing a setting;
 //! - the original mergelogs reads our pen's local log;
 //! - both pens send the same clients to the same servers (tracking, hash, round robin),
@@ -148,8 +148,16 @@ fn the_original_pen_and_penlog_feed_our_penlogd() {
 fn penctl_works_across_implementations() {
     let web = NameServer::start("web");
     let spec = web.spec();
-    let (_theirs, their_ctl) = pen_with_ctl(Pen::Original, &["127.0.0.1:{port}", &spec]);
-    let (_ours, our_ctl) = pen_with_ctl(Pen::Ours, &["127.0.0.1:{port}", &spec]);
+    let dir = temp_dir("penctl_works_across_implementations");
+    // Both pens run as nobody when started as root, and write their status pages then.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let page = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let (theirs_page, ours_page) = (page("theirs.html"), page("ours.html"));
+    let (_theirs, their_ctl) = pen_with_ctl(
+        Pen::Original,
+        &["-w", &theirs_page, "127.0.0.1:{port}", &spec],
+    );
+    let (_ours, our_ctl) = pen_with_ctl(Pen::Ours, &["-w", &ours_page, "127.0.0.1:{port}", &spec]);
 
     // Our penctl talks to the original pen, the original penctl to ours; the replies,
     // settings and queries alike, are the same.
@@ -176,10 +184,21 @@ fn penctl_works_across_implementations() {
         "recent",
         "status",
     ] {
-        let from_ours = penctl(&their_ctl, cmd);
-        let from_theirs = original_penctl(&our_ctl, cmd);
+        // The status page's clock line may tick between the two.
+        let untimed = |page: String| -> String {
+            page.lines()
+                .filter(|l| !l.starts_with("Time "))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        let from_ours = untimed(penctl(&their_ctl, cmd));
+        let from_theirs = untimed(original_penctl(&our_ctl, cmd));
         assert_eq!(from_ours, from_theirs, "{cmd}");
     }
+    assert!(
+        std::fs::read_to_string(&ours_page).is_ok_and(|p| p.contains("<h1>Pen status page</h1>")),
+        "status wrote {ours_page}"
+    );
     assert_eq!(
         penctl(&their_ctl, "servers"),
         format!(
