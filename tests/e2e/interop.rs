@@ -99,6 +99,17 @@ fn request_from(from: &str, pen: SocketAddr, request: &str) {
     );
 }
 
+/// `GET /a.html` from 127.0.0.10 and `GET /b.html` from 127.0.0.11, through pen.
+fn two_clients(pen: SocketAddr) {
+    for (from, path) in [("127.0.0.10", "/a.html"), ("127.0.0.11", "/b.html")] {
+        request_from(
+            from,
+            pen,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        );
+    }
+}
+
 #[test]
 fn the_original_pen_and_penlog_feed_our_penlogd() {
     let dir = temp_dir("the_original_pen_and_penlog_feed_our_penlogd");
@@ -108,16 +119,7 @@ fn the_original_pen_and_penlog_feed_our_penlogd() {
     let log = logd.to_string();
     let (_pen, addr) = start_original_pen(&["-f", "-l", &log, "127.0.0.1:{port}", &web.spec()]);
 
-    request_from(
-        "127.0.0.10",
-        addr,
-        "GET /a.html HTTP/1.1\r\nHost: x\r\n\r\n",
-    );
-    request_from(
-        "127.0.0.11",
-        addr,
-        "GET /b.html HTTP/1.1\r\nHost: x\r\n\r\n",
-    );
+    two_clients(addr);
     wait_received(&d, 2);
 
     // The web server's own lines show pen's address; the original penlog sends them from
@@ -305,16 +307,7 @@ fn the_original_mergelogs_reads_our_local_log() {
         "127.0.0.1:{port}",
         &web.spec(),
     ]);
-    request_from(
-        "127.0.0.10",
-        addr,
-        "GET /a.html HTTP/1.1\r\nHost: x\r\n\r\n",
-    );
-    request_from(
-        "127.0.0.11",
-        addr,
-        "GET /b.html HTTP/1.1\r\nHost: x\r\n\r\n",
-    );
+    two_clients(addr);
     pen.signal(libc::SIGTERM);
     assert_eq!(pen.wait_exit(DEADLINE), Some(0), "{}", pen.output());
 

@@ -10,6 +10,17 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
+/// `pen -f -F CFG 127.0.0.1:P BACKEND`.
+fn start_pen_with_config(cfg: &Path, backend: &NameServer) -> (Proc, SocketAddr) {
+    start_pen(&[
+        "-f",
+        "-F",
+        cfg.to_str().unwrap(),
+        "127.0.0.1:{port}",
+        &backend.spec(),
+    ])
+}
+
 /// Reads a pidfile once it holds a whole number.
 fn read_pidfile(path: &Path) -> i32 {
     let mut pid = 0;
@@ -163,13 +174,7 @@ fn reload_naming_a_host_applies_after_the_lookup() {
         SocketAddr::V6(_) => NameServer::start_on("[::1]:0", "B"),
         SocketAddr::V4(_) => NameServer::start("B"),
     };
-    let (pen, addr) = start_pen(&[
-        "-f",
-        "-F",
-        cfg.to_str().unwrap(),
-        "127.0.0.1:{port}",
-        &a.spec(),
-    ]);
+    let (pen, addr) = start_pen_with_config(&cfg, &a);
     assert_eq!(round_trip(addr, "x\n").0, "A");
     assert!(!threads(pen.pid()).contains(&"pen-lookup".to_string()));
     let text = format!(
@@ -191,13 +196,7 @@ fn a_reload_that_is_slow_to_read_holds_up_no_traffic() {
     let cfg = dir.join("pen.cfg");
     std::fs::write(&cfg, "blacklist 4117\n").unwrap();
     let a = NameServer::start("A");
-    let (pen, addr) = start_pen(&[
-        "-f",
-        "-F",
-        cfg.to_str().unwrap(),
-        "127.0.0.1:{port}",
-        &a.spec(),
-    ]);
+    let (pen, addr) = start_pen_with_config(&cfg, &a);
     pen.wait_output("4117\n", DEADLINE);
     std::fs::remove_file(&cfg).unwrap();
     mkfifo(&cfg);
@@ -329,13 +328,7 @@ fn config_file_applied_and_reread_on_hup() {
     let cfg = dir.join("pen.cfg");
     std::fs::write(&cfg, "http\nblacklist 4117\n").unwrap();
     let ns = NameServer::start("cfg");
-    let (pen, addr) = start_pen(&[
-        "-f",
-        "-F",
-        cfg.to_str().unwrap(),
-        "127.0.0.1:{port}",
-        &ns.spec(),
-    ]);
+    let (pen, addr) = start_pen_with_config(&cfg, &ns);
     let request = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
     let (_, echoed) = round_trip(addr, request);
     assert_eq!(
