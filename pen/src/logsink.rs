@@ -6,15 +6,26 @@
 //! `log` reports the whole `host:port` (#26); the network target may be IPv6; a send that
 //! would block drops the record and counts it instead of stalling the loop; a target that
 //! cannot be opened at run time is an error reply, not a fatal exit.
+//!
+//! The file target is opened non-blocking, so a pipe or FIFO (`-l /dev/stdout` under a
+//! log collector, `-l /run/pen/log.fifo`) whose reader falls behind never stalls traffic:
+//! what it cannot take yet is kept, up to [`MAX_BACKLOG`] bytes, and written on a later
+//! pass; records beyond that are dropped and counted. A FIFO with no reader yet is opened
+//! all the same (the original waited in `open` for one, with traffic stopped). A regular
+//! file is not affected: its writes never return "would block".
 
 use std::fmt::{self, Display};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, ErrorKind, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::unix::fs::OpenOptionsExt;
 
 use common::addr::{parse_port, resolve, split_host_port, Proto};
 use common::logrec;
 use common::net::Endpoint;
+
+/// Bytes of records kept for a pipe or FIFO whose reader is behind.
+pub const MAX_BACKLOG: usize = 256 << 10;
 
 /// A log target that could not be opened, with the reason.
 #[derive(Debug)]
@@ -45,6 +56,8 @@ pub struct LogSink {
     target: Option<Target>,
     /// Records waiting to be written to the file target.
     buf: Vec<u8>,
+    /// The file target (a pipe) could not take all of `buf` at the last flush.
+    behind: bool,
     /// Scratch for one UDP record.
     dgram: Vec<u8>,
     /// Records written or sent, and records dropped (full socket buffer, send error).
@@ -91,10 +104,7 @@ impl LogSink {
                 }
             }
             None => {
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(spec)
+                let file = open_file(spec)
                     .map_err(|e| LogError(format!("can't open logfile '{spec}': {e}")))?;
                 Target::File { file }
             }
@@ -169,11 +179,16 @@ impl LogSink {
         let server = &ServerAddr(server);
         match &self.target {
             None => {}
+            Some(Target::File { .. }) if self.behind && self.buf.len() >= MAX_BACKLOG => {
+                self.dropped += 1;
+            }
             Some(Target::File { .. }) => {
+                let start = self.buf.len();
                 logrec::file_line(&mut self.buf, client, now, server, request);
                 self.records += 1;
                 if common::diag::enabled(3) {
-                    common::debug!(3, "{}", String::from_utf8_lossy(&self.buf).trim_end());
+                    let line = String::from_utf8_lossy(&self.buf[start..]);
+                    common::debug!(3, "{}", line.trim_end());
                 }
             }
             Some(Target::Net { sock, .. }) => {
@@ -189,18 +204,60 @@ impl LogSink {
         }
     }
 
-    /// Writes buffered file records (called once per loop pass and before exit).
+    /// Writes buffered file records (called once per loop pass and before exit). What a
+    /// pipe cannot take yet stays for the next call.
     pub fn flush(&mut self) {
         if self.buf.is_empty() {
             return;
         }
-        if let Some(Target::File { file }) = &mut self.target {
-            if let Err(e) = file.write_all(&self.buf) {
-                self.dropped += 1;
+        let Some(Target::File { file }) = &mut self.target else {
+            self.buf.clear();
+            return;
+        };
+        let mut done = 0;
+        let result = loop {
+            match file.write(&self.buf[done..]) {
+                Ok(0) => break Err(io::Error::from(ErrorKind::WriteZero)),
+                Ok(n) => {
+                    done += n;
+                    if done == self.buf.len() {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.behind = false;
+        match result {
+            Ok(()) => self.buf.clear(),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                self.buf.drain(..done);
+                self.behind = true;
+            }
+            Err(e) => {
+                // One line per record.
+                let lost = self.buf[done..].iter().filter(|&&b| b == b'\n').count();
+                self.dropped += lost.max(1) as u64;
+                self.buf.clear();
                 common::diag!("can't write log file: {e}");
             }
         }
-        self.buf.clear();
+    }
+}
+
+/// Opens a log file for appending, non-blocking (see the module doc). A FIFO with no
+/// reader refuses a non-blocking writer (ENXIO); it is then opened for reading too, which
+/// Linux allows, so that records wait in the pipe until a reader comes.
+fn open_file(path: &str) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK);
+    match options.open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => options.read(true).open(path),
+        opened => opened,
     }
 }
 
@@ -240,6 +297,60 @@ impl Display for ServerAddr<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_whose_reader_is_behind_keeps_a_bounded_backlog() {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir().join(format!("pen-logfifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("log.fifo");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+
+        // No reader yet: opened all the same, without waiting.
+        let mut sink = LogSink::default();
+        sink.open(fifo.to_str().unwrap()).unwrap();
+        let server = Endpoint::Inet("10.0.0.1:80".parse().unwrap());
+        let mut n = 0;
+        while sink.dropped == 0 {
+            for _ in 0..100 {
+                let req = format!("GET /{n} HTTP/1.0\r\n");
+                sink.record(&"127.0.0.2", &server, req.as_bytes(), 0);
+                n += 1;
+            }
+            sink.flush();
+            assert!(n < 1_000_000, "nothing was ever dropped");
+        }
+        assert!(sink.behind);
+        assert!(sink.buf.len() <= MAX_BACKLOG + 200, "{}", sink.buf.len());
+
+        // A reader comes: everything kept arrives, whole lines in order.
+        let mut reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let (mut got, mut chunk) = (Vec::new(), vec![0u8; 1 << 16]);
+        while sink.behind || !sink.buf.is_empty() {
+            while let Ok(k @ 1..) = reader.read(&mut chunk) {
+                got.extend_from_slice(&chunk[..k]);
+            }
+            sink.flush();
+        }
+        while let Ok(k @ 1..) = reader.read(&mut chunk) {
+            got.extend_from_slice(&chunk[..k]);
+        }
+        let text = String::from_utf8(got).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len() as u64, sink.records);
+        assert_eq!(sink.records + sink.dropped, n);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(l, &format!("127.0.0.2 0 10.0.0.1 GET /{i} HTTP/1.0"));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn network_targets_need_a_numeric_port() {

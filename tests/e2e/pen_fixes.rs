@@ -1,6 +1,6 @@
 //! Fixes of the original's defects that the README promises and other files don't cover:
 //! `-b 0` with every server down (§13.2 #9), `no log` stopping UDP records (#26), an IPv6
-//! log target (logging.md §6).
+//! log target (logging.md §6), a log FIFO whose reader is behind.
 
 use std::io::{Read, Write};
 use std::net::UdpSocket;
@@ -301,5 +301,85 @@ fn log_records_follow_http_requests_not_reads() {
             "127.0.0.3 127.0.0.1 HELO example",
         ],
         "{text}"
+    );
+}
+
+/// Sends `GET /PATH` from `from` through pen to a [`NameServer`] and reads the greeting and
+/// the echo, so that pen has read (and logged) the request.
+fn logged_request(from: &str, addr: std::net::SocketAddr, path: &str) {
+    let req = format!("GET /{path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut s = connect_from(from, addr);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = vec![0u8; 2 + req.len()];
+    s.read_exact(&mut buf).unwrap();
+}
+
+/// The log file may be a pipe or FIFO (`-l /dev/stdout` under a log collector): pen starts
+/// without waiting for a reader, and a reader that falls behind costs records, never
+/// traffic. The original waited in `open` for a reader, then blocked in `write`.
+#[test]
+fn a_log_fifo_whose_reader_is_behind_holds_up_no_traffic() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let backend = NameServer::start("A");
+    let dir = temp_dir("logfifo");
+    let fifo = dir.join("log.fifo");
+    mkfifo(&fifo);
+    let (_pen, addr) = start_pen(&[
+        "-f",
+        "-l",
+        fifo.to_str().unwrap(),
+        "127.0.0.1:{port}",
+        &backend.spec(),
+    ]);
+
+    // 5,000 pipelined requests: some 630 KB of records, more than the pipe (64 KiB) and
+    // pen's backlog (256 KiB) hold. All of it is relayed.
+    let (total, path) = (5000, "x".repeat(80));
+    let req = format!("GET /{path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut s = connect_from("127.0.0.2", addr);
+    let mut r = s.try_clone().unwrap();
+    let want = 2 + req.len() * total;
+    let echo = std::thread::spawn(move || {
+        let mut buf = vec![0u8; want];
+        r.read_exact(&mut buf)
+    });
+    s.write_all(req.repeat(total).as_bytes()).unwrap();
+    echo.join().unwrap().unwrap();
+    assert_eq!(which_from("127.0.0.3", addr), "A");
+
+    // A reader comes: it gets what pen kept, whole lines in order, then new records.
+    let mut log = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let (mut got, mut chunk) = (Vec::new(), vec![0u8; 1 << 16]);
+    let end = Instant::now() + DEADLINE;
+    while !String::from_utf8_lossy(&got).contains("/marker ") {
+        assert!(Instant::now() < end, "no marker record after the backlog");
+        while let Ok(k @ 1..) = log.read(&mut chunk) {
+            got.extend_from_slice(&chunk[..k]);
+        }
+        // Each request is also a loop pass in which pen writes what it kept.
+        logged_request("127.0.0.4", addr, "marker");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = String::from_utf8(got).unwrap();
+    let flood: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.contains("/marker "))
+        .collect();
+    for l in &flood {
+        let f: Vec<&str> = l.splitn(4, ' ').collect();
+        assert_eq!(
+            (f[0], f[2], f[3]),
+            ("127.0.0.2", "127.0.0.1", &*format!("GET /{path} HTTP/1.1")),
+            "{l:?}"
+        );
+    }
+    assert!(
+        (1000..total).contains(&flood.len()),
+        "{} of {total} records kept",
+        flood.len()
     );
 }
