@@ -58,6 +58,8 @@ pub struct LogSink {
     buf: Vec<u8>,
     /// The file target (a pipe) could not take all of `buf` at the last flush.
     behind: bool,
+    /// The last write to the file target failed (reported once until one succeeds).
+    failing: bool,
     /// Scratch for one UDP record.
     dgram: Vec<u8>,
     /// Records written or sent, and records dropped (full socket buffer, send error).
@@ -230,17 +232,25 @@ impl LogSink {
         };
         self.behind = false;
         match result {
-            Ok(()) => self.buf.clear(),
+            Ok(()) => {
+                self.buf.clear();
+                self.failing = false;
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 self.buf.drain(..done);
                 self.behind = true;
+                self.failing = false;
             }
             Err(e) => {
                 // One line per record.
                 let lost = self.buf[done..].iter().filter(|&&b| b == b'\n').count();
                 self.dropped += lost.max(1) as u64;
                 self.buf.clear();
-                common::diag!("can't write log file: {e}");
+                // A FIFO whose reader left fails each pass until one comes back.
+                if !self.failing {
+                    common::diag!("can't write log file: {e}");
+                }
+                self.failing = true;
             }
         }
     }
@@ -349,6 +359,47 @@ mod tests {
         for (i, l) in lines.iter().enumerate() {
             assert_eq!(l, &format!("127.0.0.2 0 10.0.0.1 GET /{i} HTTP/1.0"));
         }
+
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_reader_that_leaves_costs_records_until_one_comes_back() {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir().join(format!("pen-logfifo2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("log.fifo");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let read_end = || {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .unwrap()
+        };
+        let reader = read_end();
+        let mut sink = LogSink::default();
+        sink.open(fifo.to_str().unwrap()).unwrap();
+        let server = Endpoint::Inet("10.0.0.1:80".parse().unwrap());
+        drop(reader);
+        for path in ["/lost1", "/lost2"] {
+            let req = format!("GET {path} HTTP/1.0\r\n");
+            sink.record(&"127.0.0.2", &server, req.as_bytes(), 0);
+            sink.flush();
+        }
+        assert!(sink.failing);
+        assert_eq!((sink.records, sink.dropped), (2, 2));
+
+        let mut reader = read_end();
+        sink.record(&"127.0.0.2", &server, b"GET /back HTTP/1.0\r\n", 0);
+        sink.flush();
+        assert!(!sink.failing && sink.buf.is_empty());
+        let mut chunk = [0u8; 256];
+        let k = reader.read(&mut chunk).unwrap();
+        assert_eq!(&chunk[..k], b"127.0.0.2 0 10.0.0.1 GET /back HTTP/1.0\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
