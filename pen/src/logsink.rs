@@ -308,16 +308,30 @@ impl Display for ServerAddr<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_fifo_whose_reader_is_behind_keeps_a_bounded_backlog() {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = std::env::temp_dir().join(format!("pen-logfifo-{}", std::process::id()));
+    /// A fresh directory `NAME-PID` holding a FIFO `log.fifo`.
+    fn fifo(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let fifo = dir.join("log.fifo");
         let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        (dir, fifo)
+    }
+
+    /// The FIFO's read end, non-blocking.
+    fn read_end(fifo: &std::path::Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_fifo_whose_reader_is_behind_keeps_a_bounded_backlog() {
+        use std::io::Read;
+        let (dir, fifo) = fifo("pen-logfifo");
 
         // No reader yet: opened all the same, without waiting.
         let mut sink = LogSink::default();
@@ -337,11 +351,7 @@ mod tests {
         assert!(sink.buf.len() <= MAX_BACKLOG + 200, "{}", sink.buf.len());
 
         // A reader comes: everything kept arrives, whole lines in order.
-        let mut reader = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .unwrap();
+        let mut reader = read_end(&fifo);
         let (mut got, mut chunk) = (Vec::new(), vec![0u8; 1 << 16]);
         while sink.behind || !sink.buf.is_empty() {
             while let Ok(k @ 1..) = reader.read(&mut chunk) {
@@ -366,21 +376,8 @@ mod tests {
     #[test]
     fn a_fifo_reader_that_leaves_costs_records_until_one_comes_back() {
         use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = std::env::temp_dir().join(format!("pen-logfifo2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join("log.fifo");
-        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-        let read_end = || {
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&fifo)
-                .unwrap()
-        };
-        let reader = read_end();
+        let (dir, fifo) = fifo("pen-logfifo2");
+        let reader = read_end(&fifo);
         let mut sink = LogSink::default();
         sink.open(fifo.to_str().unwrap()).unwrap();
         let server = Endpoint::Inet("10.0.0.1:80".parse().unwrap());
@@ -393,7 +390,7 @@ mod tests {
         assert!(sink.failing);
         assert_eq!((sink.records, sink.dropped), (2, 2));
 
-        let mut reader = read_end();
+        let mut reader = read_end(&fifo);
         sink.record(&"127.0.0.2", &server, b"GET /back HTTP/1.0\r\n", 0);
         sink.flush();
         assert!(!sink.failing && sink.buf.is_empty());
