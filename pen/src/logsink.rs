@@ -117,9 +117,13 @@ impl LogSink {
         Ok(())
     }
 
-    /// Stops logging to any target (`no log`).
+    /// Stops logging to any target (`no log`). Records a pipe had not taken yet are
+    /// counted as dropped.
     pub fn stop(&mut self) {
         self.flush();
+        self.dropped += self.buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        self.buf.clear();
+        self.behind = false;
         self.target = None;
         self.name = None;
     }
@@ -397,6 +401,20 @@ mod tests {
         let mut chunk = [0u8; 256];
         let k = reader.read(&mut chunk).unwrap();
         assert_eq!(&chunk[..k], b"127.0.0.2 0 10.0.0.1 GET /back HTTP/1.0\n");
+
+        // `no log` with records still waiting for the pipe counts them as dropped.
+        let mut n = 0;
+        while !sink.behind {
+            let req = format!("GET /{n} HTTP/1.0\r\n");
+            sink.record(&"127.0.0.2", &server, req.as_bytes(), 0);
+            sink.flush();
+            n += 1;
+        }
+        let waiting = sink.buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        let dropped = sink.dropped;
+        sink.stop();
+        assert!(waiting > 0 && sink.buf.is_empty());
+        assert_eq!(sink.dropped, dropped + waiting);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
