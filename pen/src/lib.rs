@@ -6,6 +6,7 @@
 //! (`lookup`), and the process shell (`signals`, `logsink`, `stats`).
 
 pub mod acl;
+pub mod atomic_file;
 pub mod bufpool;
 pub mod cli;
 pub mod clients;

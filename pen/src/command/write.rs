@@ -32,10 +32,11 @@ use std::io;
 use std::path::Path;
 
 use crate::acl::ACL_LISTS;
+use crate::atomic_file::replace_file;
 use crate::command::{AclAction, AclMatch, AclRule, Fastclose};
 use crate::servers::Server;
 use crate::state::State;
-use crate::stats::{local_now, replace_file};
+use crate::stats::local_now;
 use common::net::Endpoint;
 
 /// The original's defaults, below which `-c`/`-x` are left out of the restart comment.
