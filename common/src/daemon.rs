@@ -133,10 +133,21 @@ pub struct Pidfile {
 }
 
 impl Pidfile {
-    /// Writes the current PID to `path`.
+    /// Writes the current PID to `path`. A symbolic link there is refused (`O_NOFOLLOW`),
+    /// not followed: one planted in a shared directory would otherwise have the daemon
+    /// truncate its target, as root when it runs without `-u` (the original's `fopen`
+    /// did). A file that exists is rewritten in place, so a pidfile prepared for the `-u`
+    /// user in a directory that user cannot write to still works.
     pub fn create(path: &Path) -> Result<Pidfile, DaemonError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let err = |e| DaemonError::Pidfile(path.to_path_buf(), e);
-        let mut f = File::create(path).map_err(err)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(err)?;
         write!(f, "{}", std::process::id()).map_err(err)?;
         Ok(Pidfile {
             path: path.to_path_buf(),
@@ -254,4 +265,33 @@ fn raise_soft_limit(resource: Resource) {
 pub fn running_as_root() -> bool {
     // SAFETY: getuid cannot fail.
     unsafe { libc::getuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pidfile_refuses_a_planted_link_instead_of_following_it() {
+        let dir = std::env::temp_dir().join(format!("common-pidfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, victim) = (dir.join("pen.pid"), dir.join("victim"));
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let e = Pidfile::create(&path).err().expect("a link is refused");
+        assert!(e.to_string().starts_with("can't create pidfile '"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+
+        // A file that is there already is rewritten.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "12345678901234567890").unwrap();
+        let pidfile = Pidfile::create(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            std::process::id().to_string()
+        );
+        drop(pidfile);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
