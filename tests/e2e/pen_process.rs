@@ -321,6 +321,26 @@ fn daemon_mode() {
     assert!(!failed.exists());
 }
 
+/// A pidfile path that is a symbolic link (planted in a shared directory, say) is refused:
+/// pen exits 1 with one line and the link's target keeps its bytes.
+#[test]
+fn a_pidfile_that_is_a_link_is_refused() {
+    let dir = temp_dir("pidfile_link");
+    let (link, victim) = (dir.join("pen.pid"), dir.join("victim"));
+    std::fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let ns = NameServer::start("A");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (code, out, err) = run(
+        "pen",
+        &["-f", "-p", link.to_str().unwrap(), &listen, &ns.spec()],
+    );
+    assert_eq!(code, 1, "stdout {out:?} stderr {err:?}");
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err:?}");
+    assert!(err.contains("can't create pidfile"), "{err:?}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
+
 /// `-F FILE` applies at startup, and HUP re-reads it: here `http` on, then `no http`.
 #[test]
 fn config_file_applied_and_reread_on_hup() {
