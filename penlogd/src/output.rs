@@ -267,11 +267,15 @@ fn gz_name(p: &Path) -> PathBuf {
     PathBuf::from(format!("{}.gz", p.display()))
 }
 
-/// Compresses `path` into `path.gz` and removes `path`.
+/// Compresses `path` into `path.gz` and removes `path`. `path.gz` must not exist yet: it
+/// is created exclusively, so nothing there is overwritten or followed (a link planted in
+/// the log directory would otherwise have penlogd write wherever it points); on failure
+/// `path` stays as it is.
 fn gzip(path: &Path) -> io::Result<()> {
     let gz = gz_name(path);
     let mut input = File::open(path)?;
-    let mut enc = flate2::write::GzEncoder::new(File::create(&gz)?, flate2::Compression::default());
+    let out = OpenOptions::new().write(true).create_new(true).open(&gz)?;
+    let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
     io::copy(&mut input, &mut enc)?;
     enc.finish()?.sync_all()?;
     std::fs::remove_file(path)
@@ -303,6 +307,19 @@ mod tests {
     fn line(o: &mut Output, s: &str) {
         o.buf().extend_from_slice(s.as_bytes());
         o.appended(1, Instant::now());
+    }
+
+    #[test]
+    fn gzip_never_writes_through_what_is_at_the_gz_name() {
+        let d = dir("gzlink");
+        let (aside, elsewhere) = (d.join("out.log.20261121-000000"), d.join("elsewhere"));
+        std::fs::write(&aside, "a line\n").unwrap();
+        // A dangling link, which `exists()` does not see.
+        std::os::unix::fs::symlink(&elsewhere, gz_name(&aside)).unwrap();
+        assert!(gzip(&aside).is_err());
+        assert!(!elsewhere.exists(), "wrote through the link");
+        assert_eq!(std::fs::read(&aside).unwrap(), b"a line\n", "kept");
+        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]
