@@ -23,10 +23,10 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Creates a new temporary file next to `path`: `DIR/.NAME.PID.tmp`, or if that is taken
-/// `DIR/.NAME.PID.N.tmp` with the first N that is free. It is created exclusively (`O_EXCL`), so nothing already at that name is
-/// opened: not a symlink planted in a shared directory such as /tmp (which the old
-/// `File::create` followed, truncating its target), not a FIFO (which would have blocked),
-/// not a file left by a crash.
+/// `DIR/.NAME.PID.N.tmp` with the first N that is free. It is created exclusively
+/// (`O_EXCL`), so nothing already at that name is opened: not a symlink planted in a
+/// shared directory such as /tmp (which the old `File::create` followed, truncating its
+/// target), not a FIFO (which would have blocked), not a file left by a crash.
 fn create_temp(path: &Path) -> io::Result<(PathBuf, fs::File)> {
     let name = path.file_name().ok_or_else(|| {
         io::Error::new(
