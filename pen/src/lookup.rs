@@ -79,7 +79,7 @@ impl Lookups {
                 for job in todo {
                     let mut pre = Preload::default();
                     match &job.origin {
-                        Origin::Reload(path) => pre.read(&path.to_string_lossy(), 0),
+                        Origin::Reload(path) => pre.read(path, 0),
                         Origin::Session { .. } => pre.walk(&job.cmds, 0),
                     }
                     let answers = pre.names().into_iter().map(|n| {

@@ -126,7 +126,7 @@ impl std::error::Error for FileError {
 /// Reads and parses the config file at `path`, from memory if it was read ahead
 /// ([`super::preload::with_files`]).
 pub fn read_file(path: &Path) -> Result<Vec<(usize, Command)>, FileError> {
-    match super::preload::stand_in(&path.to_string_lossy()) {
+    match super::preload::stand_in(path) {
         Some(parsed) => parsed,
         None => read_from_disk(path),
     }

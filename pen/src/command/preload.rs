@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::exec::MAX_INCLUDE_DEPTH;
 use super::file::{read_from_disk, FileError};
@@ -17,8 +17,8 @@ use super::Command;
 /// A config file's commands with their line numbers, or why it could not be read.
 pub type Parsed = Result<Vec<(usize, Command)>, FileError>;
 
-/// Config files by name (as given to `include` or `-F`).
-pub type Files = HashMap<String, Parsed>;
+/// Config files by path (as given to `include` or `-F`; a path need not be UTF-8).
+pub type Files = HashMap<PathBuf, Parsed>;
 
 /// Files read and names found by walking commands as applying them would.
 #[derive(Debug, Default)]
@@ -26,7 +26,7 @@ pub struct Preload {
     pub files: Files,
     names: Vec<String>,
     /// The shallowest depth each file's commands were walked at.
-    walked: HashMap<String, usize>,
+    walked: HashMap<PathBuf, usize>,
 }
 
 impl Preload {
@@ -37,23 +37,23 @@ impl Preload {
             self.names.extend(cmd.names());
             if let Command::Include(file) = cmd {
                 if depth < MAX_INCLUDE_DEPTH {
-                    self.read(file, depth + 1);
+                    self.read(Path::new(file), depth + 1);
                 }
             }
         }
     }
 
-    /// Reads the file `name` (once), then walks its commands at `depth` (again if that
+    /// Reads the file at `path` (once), then walks its commands at `depth` (again if that
     /// is shallower than before, as its includes may then reach further).
-    pub fn read(&mut self, name: &str, depth: usize) {
-        if self.walked.get(name).is_some_and(|&d| d <= depth) {
+    pub fn read(&mut self, path: &Path, depth: usize) {
+        if self.walked.get(path).is_some_and(|&d| d <= depth) {
             return;
         }
-        self.walked.insert(name.to_string(), depth);
+        self.walked.insert(path.to_path_buf(), depth);
         let parsed = self
             .files
-            .entry(name.to_string())
-            .or_insert_with(|| read_from_disk(Path::new(name)));
+            .entry(path.to_path_buf())
+            .or_insert_with(|| read_from_disk(path));
         if let Ok(cmds) = parsed {
             let cmds = cmds.clone();
             self.walk(&cmds, depth);
@@ -86,9 +86,9 @@ pub fn with_files<T>(files: Files, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// The stand-in for the file `name`, if [`with_files`] gave one.
-pub(super) fn stand_in(name: &str) -> Option<Parsed> {
-    FILES.with(|a| a.borrow().get(name).cloned())
+/// The stand-in for the file at `path`, if [`with_files`] gave one.
+pub(super) fn stand_in(path: &Path) -> Option<Parsed> {
+    FILES.with(|a| a.borrow().get(path).cloned())
 }
 
 #[cfg(test)]
@@ -114,7 +114,6 @@ mod tests {
             dir.join("inner.cfg"),
             dir.join("loop.cfg"),
         );
-        let name = |p: &Path| p.display().to_string();
         std::fs::write(
             &outer,
             format!(
@@ -139,7 +138,7 @@ mod tests {
         assert_eq!(pre.names(), ["gw.example", "logs.example", "web1.example"]);
         // A file that includes itself is read once.
         assert_eq!(pre.files.len(), 4);
-        assert!(pre.files[&name(&dir.join("missing.cfg"))]
+        assert!(pre.files[&dir.join("missing.cfg")]
             .as_ref()
             .is_err_and(FileError::is_open_error));
 
@@ -171,15 +170,24 @@ mod tests {
             std::fs::write(file(i), format!("include {}\n", file(i + 1).display())).unwrap();
         }
         let mut pre = Preload::default();
-        pre.read(&file(0).display().to_string(), 0);
+        pre.read(&file(0), 0);
         assert_eq!(pre.files.len(), MAX_INCLUDE_DEPTH + 1);
-        assert!(!pre
-            .files
-            .contains_key(&file(MAX_INCLUDE_DEPTH + 1).display().to_string()));
+        assert!(!pre.files.contains_key(&file(MAX_INCLUDE_DEPTH + 1)));
         // Reached again from nearer the top, the chain is followed further (to a file
         // that does not exist).
-        pre.read(&file(2).display().to_string(), 0);
+        pre.read(&file(2), 0);
         assert_eq!(pre.files.len(), MAX_INCLUDE_DEPTH + 3);
+
+        // A -F path need not be UTF-8: it is read, and found again, under its own bytes.
+        use std::os::unix::ffi::OsStrExt;
+        let odd = dir.join(std::ffi::OsStr::from_bytes(b"pen-\xff.cfg"));
+        std::fs::write(&odd, "timeout 5\n").unwrap();
+        let mut pre = Preload::default();
+        pre.read(&odd, 0);
+        std::fs::remove_file(&odd).unwrap();
+        with_files(pre.files, || {
+            assert_eq!(read_file(&odd).unwrap(), cmds(&["timeout 5"]));
+        });
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
